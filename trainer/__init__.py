@@ -1,0 +1,1 @@
+"""copd trainer: the pure PyTorch core of Co-Evolving Policy Distillation (no HTTP, SQL or Celery here)."""

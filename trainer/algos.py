@@ -1,0 +1,148 @@
+"""The math of CoPD as pure tensor functions (DESIGN.md §5): no state, no I/O.
+
+Shapes: N = sequences (prompts × samples), T = completion tokens, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+
+class LossStats(NamedTuple):
+    """Diagnostics of one policy-loss evaluation (floats, detached)."""
+
+    clip_frac: float      # share of unmasked tokens whose ratio was clipped
+    ratio_mean: float     # mean importance ratio over unmasked tokens
+    adv_mean: float       # mean advantage over unmasked tokens
+
+
+def grpo_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+    """Group-normalised advantages: (r − mean_group) / (std_group + eps); equal-reward groups get 0.
+
+    rewards: [N] with N = prompts × group_size, each group consecutive. Returns [N].
+    std is the unbiased sample std (as in the GRPO paper and TRL).
+    """
+    if rewards.ndim != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be 1-D with a length divisible by group_size={group_size}")
+    r = rewards.float().view(-1, group_size)                     # [P, G]
+    mean = r.mean(dim=1, keepdim=True)
+    std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
+    adv = (r - mean) / (std + eps)
+    adv = torch.where(std > 0, adv, torch.zeros_like(adv))       # all-equal group carries no signal
+    return adv.view(-1)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of x over positions where mask is 1 (0 where a row has no unmasked position)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+) -> tuple[Tensor, LossStats]:
+    """Token-level clipped surrogate with asymmetric clip, mean per sequence then over sequences.
+
+    logp, old_logp, mask: [N, T]; advantages: [N] (one per sequence) or [N, T] (per token).
+    Per token: −min(ratio·A, clip(ratio, 1−eps_low, 1+eps_high)·A), ratio = exp(logp − old_logp).
+    Sequences with no unmasked token contribute 0 to the per-sequence mean.
+    """
+    adv = advantages.unsqueeze(1).expand_as(logp) if advantages.ndim == 1 else advantages  # [N, T]
+    adv = adv.detach()
+    ratio = torch.exp(logp - old_logp.detach())                  # [N, T]
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    per_token = -torch.minimum(ratio * adv, clipped * adv)       # [N, T]
+    per_seq = masked_mean(per_token, mask, dim=1)                # [N]
+    loss = per_seq.mean()
+    with torch.no_grad():
+        was_clipped = ((ratio * adv) > (clipped * adv)).float()  # min picked the clipped branch
+        stats = LossStats(
+            clip_frac=float(masked_mean(was_clipped, mask)),
+            ratio_mean=float(masked_mean(ratio, mask)),
+            adv_mean=float(masked_mean(adv, mask)),
+        )
+    return loss, stats
+
+
+def opd_advantages(teacher_logp: Tensor, student_logp: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """Per-token OPD advantage β·(log π_teacher − log π_student) on unmasked tokens, 0 elsewhere.
+
+    All inputs [N, T] (log-probabilities of the student's sampled tokens). Detached: no gradient.
+    Its masked mean is −β × the sampled estimate of KL(π_student ‖ π_teacher).
+    """
+    diff = (teacher_logp - student_logp).detach()
+    return torch.where(mask.bool(), beta * diff, torch.zeros_like(diff))
+
+
+def topk_overlap(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, k: int = 10) -> Tensor:
+    """Mean over unmasked positions of |TopK(student) ∩ TopK(teacher)| / k (the paper's O_k).
+
+    logits: [N, T, V]; mask: [N, T]. Returns a 0-d tensor in [0, 1]. k is capped at V.
+    """
+    k = min(k, student_logits.shape[-1])
+    s_idx = student_logits.topk(k, dim=-1).indices               # [N, T, k]
+    t_idx = teacher_logits.topk(k, dim=-1).indices               # [N, T, k]
+    hits = (s_idx.unsqueeze(-1) == t_idx.unsqueeze(-2)).any(-1).sum(-1).float()  # [N, T]
+    return masked_mean(hits / k, mask)
+
+
+def merge_state_dicts(
+    state_dicts: Sequence[Mapping[str, Tensor]],
+    weights: Sequence[float] | None = None,
+) -> dict[str, Tensor]:
+    """Weighted parameter average of same-shaped state dicts (uniform when weights is None).
+
+    Weights must be non-negative and sum to 1. Floating tensors are averaged in float32 and cast
+    back; integer buffers are taken from the first state dict.
+    """
+    if not state_dicts:
+        raise ValueError("merge_state_dicts needs at least one state dict")
+    n = len(state_dicts)
+    if weights is None:
+        weights = [1.0 / n] * n
+    weights = [float(w) for w in weights]
+    if len(weights) != n:
+        raise ValueError(f"got {len(weights)} weights for {n} state dicts")
+    if any(w < 0 for w in weights):
+        raise ValueError(f"merge weights must be non-negative, got {weights}")
+    if abs(sum(weights) - 1.0) > 1e-6:
+        raise ValueError(f"merge weights must sum to 1, they sum to {sum(weights):g}")
+    keys = list(state_dicts[0].keys())
+    for i, sd in enumerate(state_dicts[1:], start=1):
+        if set(sd.keys()) != set(keys):
+            raise ValueError(f"state dict {i} has different parameter names than state dict 0")
+    merged: dict[str, Tensor] = {}
+    for key in keys:
+        first = state_dicts[0][key]
+        if not torch.is_floating_point(first):
+            merged[key] = first.clone()
+            continue
+        acc = torch.zeros_like(first, dtype=torch.float32)
+        for w, sd in zip(weights, state_dicts):
+            if sd[key].shape != first.shape:
+                raise ValueError(f"parameter {key}: shapes differ {tuple(sd[key].shape)} vs {tuple(first.shape)}")
+            acc += w * sd[key].float()
+        merged[key] = acc.to(first.dtype)
+    return merged
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """log π(tokens) under logits/temperature. logits [N, T, V], tokens [N, T] → [N, T]."""
+    logits = logits.float() / temperature
+    return torch.gather(logits.log_softmax(-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Per-position entropy of softmax(logits/temperature). [N, T, V] → [N, T]."""
+    logp = (logits.float() / temperature).log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)

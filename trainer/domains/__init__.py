@@ -1,0 +1,86 @@
+"""Domains: prompt sources with disjoint train / eval splits, each with a verifier; `load_domain` picks one.
+
+A spec names a domain as `builtin:arith | builtin:grid | builtin:frames` or as a `JsonlDomain` file.
+This package never imports torch: the server validates and previews domains without it.
+
+>>> d = load_domain("builtin:arith", seed=0)
+>>> len(d.train), len(d.eval), d.score(d.eval[0].answer, d.eval[0])
+(4000, 512, 1.0)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+from typing import Callable
+
+from trainer.domains.base import Domain, Sample, Verifier
+from trainer.spec import JsonlDomain
+
+__all__ = ["BUILTINS", "Domain", "DomainError", "Sample", "Verifier", "draw_splits", "load_domain"]
+
+
+class DomainError(ValueError):
+    """A domain that cannot be built; the message is one line naming the problem."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+def draw_splits(rng: random.Random, draw: Callable[[random.Random], Sample], n_train: int,
+                n_eval: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+    """(train, eval) of samples with distinct prompts drawn from `draw`; the first `n_eval` drawn are eval."""
+    by_prompt: dict[str, Sample] = {}
+    budget = 50 * (n_train + n_eval)  # a generator this short of distinct prompts is a bug, not bad luck
+    for _ in range(budget):
+        s = draw(rng)
+        by_prompt.setdefault(s.prompt, s)
+        if len(by_prompt) == n_train + n_eval:
+            samples = tuple(by_prompt.values())
+            return samples[n_eval:], samples[:n_eval]
+    raise DomainError(f"only {len(by_prompt)} distinct prompts in {budget} draws; need {n_train + n_eval}")
+
+
+# The builtin modules and jsonl import `DomainError` / `draw_splits` from here, so they come after them.
+from trainer.domains import arith, frames, grid, jsonl  # noqa: E402
+
+# Same names, same order as names.BUILTIN_DOMAINS (which the spec validates against; a test checks).
+BUILTINS: dict[str, Callable[[int], Domain]] = {
+    "builtin:arith": arith.build,
+    "builtin:grid": grid.build,
+    "builtin:frames": frames.build,
+}
+
+
+def load_domain(ref: str | JsonlDomain, seed: int = 0) -> Domain:
+    """The domain `ref` names, split by `seed`; cached, so repeated calls share one (immutable) Domain."""
+    if isinstance(ref, JsonlDomain):
+        return _load_jsonl_cached(ref.model_dump_json(), seed, _file_stamp(ref.path))
+    if isinstance(ref, str):
+        if ref not in BUILTINS:
+            raise DomainError(f"unknown domain '{ref}'; builtin domains are {', '.join(BUILTINS)}"
+                              " (or give {type: jsonl, path: ...})")
+        return _build_builtin(ref, seed)
+    raise DomainError(f"domain must be a builtin name or a jsonl domain, not {type(ref).__name__}")
+
+
+@functools.lru_cache(maxsize=32)
+def _build_builtin(name: str, seed: int) -> Domain:
+    """One builtin domain (deterministic from the seed, so caching is safe)."""
+    return BUILTINS[name](seed)
+
+
+def _file_stamp(path: str) -> tuple[int, int] | None:
+    """(mtime in ns, size in bytes) of a file, so an edited file is read again; None if unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=32)
+def _load_jsonl_cached(spec_json: str, seed: int, stamp: tuple[int, int] | None) -> Domain:
+    """One jsonl domain, keyed on its spec, seed and file stamp (errors are not cached)."""
+    return jsonl.load_jsonl(JsonlDomain.model_validate_json(spec_json), seed)

@@ -1,0 +1,47 @@
+"""Evaluation: greedy held-out accuracy per domain, and the behavioural overlap between experts."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+from trainer.algos import topk_overlap
+from trainer.domains.base import Domain
+from trainer.rollout import HFEngine, forward_logits
+
+
+def accuracy(engine: HFEngine, domain: Domain, n_prompts: int, max_new_tokens: int) -> tuple[float, float]:
+    """(greedy accuracy, mean response length in tokens) on the first n held-out prompts."""
+    samples = list(domain.eval[:n_prompts])
+    roll = engine.sample([s.prompt for s in samples], 1, temperature=1.0, max_new_tokens=max_new_tokens, greedy=True)
+    acc = sum(domain.score(t, s) for t, s in zip(roll.texts, samples)) / len(samples)
+    return acc, float(roll.tokens.completion_mask.sum(1).float().mean())
+
+
+@torch.no_grad()
+def overlap_row(owner: str, engines: Mapping[str, HFEngine], domain: Domain, n_prompts: int, k: int,
+                temperature: float, max_new_tokens: int) -> dict[str, float]:
+    """Top-k and top-1 overlap of every other expert with `owner` on the states `owner` visits.
+
+    The owner samples its own domain's held-out prompts; every expert's next-token distribution is then
+    compared with the owner's at each of those positions (O_k = mean_t |TopK_i ∩ TopK_j| / k).
+    """
+    prompts = [s.prompt for s in domain.eval[:n_prompts]]
+    roll = engines[owner].sample(prompts, 1, temperature=temperature, max_new_tokens=max_new_tokens)
+    mask = roll.tokens.completion_mask
+    mine = forward_logits(engines[owner].model, roll.tokens)
+    out: dict[str, float] = {}
+    for other, engine in engines.items():
+        if other == owner:
+            continue
+        theirs = forward_logits(engine.model, roll.tokens)
+        out[f"overlap/{other}"] = float(topk_overlap(mine, theirs, mask, k))
+        out[f"overlap_top1/{other}"] = float(topk_overlap(mine, theirs, mask, 1))
+    return out
+
+
+def mean_overlap(rows: Sequence[Mapping[str, float]], prefix: str = "overlap/") -> float:
+    """Mean of every pairwise value with the given key prefix."""
+    vals = [v for r in rows for k, v in r.items() if k.startswith(prefix)]
+    return sum(vals) / len(vals) if vals else 1.0

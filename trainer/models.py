@@ -1,0 +1,186 @@
+"""Base models: `builtin:tiny` (built from a config, warm-started offline, cached) or any HF model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from trainer.domains.base import Domain, Sample
+from trainer.rollout import HFEngine
+from trainer.spec import TinyModelSpec
+
+log = logging.getLogger(__name__)
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+WARMSTART_VERSION = 1  # bump when the warm-start recipe changes, so cached models are rebuilt
+
+
+def build_char_tokenizer(alphabet: set[str]) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over `alphabet` (BOS prepended, left padding)."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for ch in sorted(alphabet):
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", padding_side="left")
+
+
+def build_tiny_model(recipe: TinyModelSpec, tokenizer, seed: int):
+    """A randomly initialised small decoder from a transformers config."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    cfg_cls = Qwen2Config if recipe.arch == "qwen2" else LlamaConfig
+    config = cfg_cls(
+        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads, num_key_value_heads=recipe.kv_heads,
+        intermediate_size=recipe.intermediate_size, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def domain_fingerprint(domains: Sequence[Domain]) -> str:
+    """Hash of the domains' train data (so a changed jsonl file rebuilds the tiny model)."""
+    h = hashlib.sha256()
+    for d in domains:
+        h.update(d.key.encode())
+        for s in d.train:
+            h.update(s.prompt.encode() + b"\0" + s.answer.encode() + b"\1")
+    return h.hexdigest()
+
+
+def tiny_recipe_hash(recipe: TinyModelSpec, domains: Sequence[Domain], seed: int) -> str:
+    """Cache key of a warm-started tiny model: recipe, data and seed."""
+    payload = json.dumps({"recipe": recipe.model_dump(), "data": domain_fingerprint(domains), "seed": seed,
+                          "v": WARMSTART_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _sft_batch(tokenizer, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded prompt‖answer‖EOS ids, attention mask, and labels (-100 except on answer + EOS)."""
+    rows, labels = [], []
+    for s in samples:
+        p = tokenizer(s.prompt)["input_ids"]
+        a = tokenizer(s.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p + a)
+        labels.append([-100] * len(p) + a)
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    lab = torch.full((len(rows), width), -100)
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(l)] = torch.tensor(l)
+    mask = (lab != -100) | (torch.arange(width) < torch.tensor([len(r) for r in rows])[:, None])
+    return ids, mask.long(), lab
+
+
+def sampled_accuracy(engine: HFEngine, domain: Domain, samples: Sequence[Sample], max_new_tokens: int) -> float:
+    """Share of samples answered right, one completion each at temperature 1."""
+    roll = engine.sample([s.prompt for s in samples], 1, temperature=1.0, max_new_tokens=max_new_tokens)
+    return sum(domain.score(t, s) for t, s in zip(roll.texts, samples)) / len(samples)
+
+
+def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpec, seed: int,
+               on_check: Callable[[int, list[float]], None] | None = None) -> list[float]:
+    """Supervised pass over the domains' train splits until each sits in [target_low, target_high].
+
+    A domain whose sampled accuracy passes ~0.35 pauses its batches (and resumes below target_low), so the
+    fast learners wait for the slow ones instead of racing to 100% (RLVR needs mixed groups).
+    """
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.warmstart_lr, weight_decay=0.0)
+    pause_above = min(recipe.target_high, (recipe.target_low + recipe.target_high) / 2 + 0.01)
+    active = [True] * len(domains)
+    accs = [0.0] * len(domains)
+    engine = HFEngine(model, tokenizer)
+    max_ans = max(len(s.answer) for d in domains for s in d.train[:200]) + 2
+    check_every = 25
+    model.train()
+    for step in range(1, recipe.warmstart_max_steps + 1):
+        pool = [d for d, a in zip(domains, active) if a] or list(domains)
+        per = max(1, recipe.warmstart_batch // len(pool))
+        batch = [s for d in pool for s in rng.sample(list(d.train), min(per, len(d.train)))]
+        ids, mask, lab = _sft_batch(tokenizer, batch)
+        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % check_every:
+            continue
+        probe = [rng.sample(list(d.train), min(64, len(d.train))) for d in domains]
+        accs = [sampled_accuracy(engine, d, p, max_ans) for d, p in zip(domains, probe)]
+        model.train()
+        if on_check:
+            on_check(step, accs)
+        for i, a in enumerate(accs):
+            if a > pause_above:
+                active[i] = False
+            elif a < recipe.target_low:
+                active[i] = True
+        if all(recipe.target_low <= a <= recipe.target_high for a in accs):
+            break
+    model.eval()
+    return accs
+
+
+def load_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], seed: int, cache_dir: Path,
+                      log_fn: Callable[[str], None] = print):
+    """The warm-started tiny model for these domains, built once and cached on disk by recipe hash."""
+    key = tiny_recipe_hash(recipe, domains, seed)
+    folder = Path(cache_dir) / f"tiny-{key}"
+    if (folder / "config.json").exists():
+        return load_pretrained(str(folder)) + (folder,)
+    alphabet: set[str] = set()
+    for d in domains:
+        alphabet |= d.alphabet()
+    tokenizer = build_char_tokenizer(alphabet)
+    model = build_tiny_model(recipe, tokenizer, seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log_fn(f"building builtin:tiny ({n_params / 1e6:.2f}M parameters, {len(tokenizer)} tokens); "
+           f"warm start on {', '.join(d.key for d in domains)} (cached at {folder})")
+    t0 = time.time()
+    accs = warm_start(model, tokenizer, domains, recipe, seed,
+                      on_check=lambda s, a: log.info("warm start step %d: %s", s, a))
+    log_fn(f"warm start done in {time.time() - t0:.0f}s; sampled accuracy "
+           + ", ".join(f"{d.key}={a:.2f}" for d, a in zip(domains, accs)))
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "warmstart.json").write_text(json.dumps({"sampled_accuracy": dict(zip([d.key for d in domains], accs)),
+                                                    "recipe": recipe.model_dump(), "seed": seed}, indent=1))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model, tokenizer, folder
+
+
+def load_pretrained(path: str, dtype: torch.dtype = torch.float32):
+    """Model and tokenizer from a local HF folder or hub id (left padding, a pad token)."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,306 @@
+"""The run spec (DESIGN.md §5) and the live knobs, as pydantic models.
+
+This module must stay importable without torch: the server validates specs with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STRATEGIES = ("copd", "independent", "independent_merge", "mixed_rlvr", "static_opd", "mopd")
+VERIFIERS = ("exact", "numeric", "choice", "regex", "math")
+RESERVED_EXPERT_NAMES = ("merged", "base")
+# An expert name becomes a folder name, a metric key part and a URL segment: keep it plain.
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+Strategy = Literal["copd", "independent", "independent_merge", "mixed_rlvr", "static_opd", "mopd"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class JsonlDomain(_Model):
+    """A domain read from a JSON-lines file of records with a prompt and an answer."""
+
+    type: Literal["jsonl"] = "jsonl"
+    path: str = Field(min_length=1, description="Path of the .jsonl file (relative paths resolve from the working directory).")
+    verifier: Literal["exact", "numeric", "choice", "regex", "math"] = Field(
+        "exact", description="How a completion is scored against the record's answer.")
+    prompt_field: str = Field("prompt", min_length=1, description="Record field holding the prompt text.")
+    answer_field: str = Field("answer", min_length=1, description="Record field holding the reference answer.")
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of records held out for evaluation.")
+    tolerance: float = Field(1e-6, ge=0.0, description="Absolute tolerance of the numeric verifier.")
+
+
+DomainRef = Union[str, JsonlDomain]
+
+
+class ExpertSpec(_Model):
+    """One co-evolving policy and the domain it owns."""
+
+    name: str = Field(pattern=NAME_RE, description="Expert name: letters, digits, '_' or '-', at most 64.")
+    domain: DomainRef = Field(description="'builtin:arith' | 'builtin:grid' | 'builtin:frames', or a jsonl domain.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in RESERVED_EXPERT_NAMES:
+            raise ValueError(f"'{v}' is reserved; choose another expert name")
+        return v
+
+    @field_validator("domain")
+    @classmethod
+    def _builtin_known(cls, v: DomainRef) -> DomainRef:
+        if isinstance(v, str):
+            from trainer.domains.names import BUILTIN_DOMAINS  # torch-free
+
+            if v not in BUILTIN_DOMAINS:
+                raise ValueError(f"unknown domain '{v}'; builtin domains are {', '.join(BUILTIN_DOMAINS)}"
+                                 " (or give {type: jsonl, path: ...})")
+        return v
+
+
+class ScheduleSpec(_Model):
+    """How many cycles, and how many steps each phase of a cycle takes."""
+
+    cycles: int = Field(4, ge=0, le=10_000, description="Number of cycles (Phase I + Phase II each).")
+    rl_steps: int = Field(3, ge=0, le=1_000_000, description="Phase I (RLVR) steps per cycle.")
+    opd_steps: int = Field(2, ge=0, le=1_000_000, description="Phase II (mutual OPD) steps per cycle.")
+
+
+class GrpoSpec(_Model):
+    """GRPO settings of the native (own-domain) RLVR batch."""
+
+    group_size: int = Field(8, ge=2, le=1024, description="G: samples per prompt.")
+    prompts_per_step: int = Field(8, ge=1, le=100_000, description="Prompts per update step.")
+    lr: float = Field(1e-4, gt=0.0, le=1.0, description="Learning rate (AdamW).")
+    temperature: float = Field(1.0, gt=0.0, le=10.0, description="Sampling temperature.")
+    max_new_tokens: int = Field(12, ge=1, le=65_536, description="Completion length cap in tokens.")
+    eps_low: float = Field(0.2, ge=0.0, lt=1.0, description="Lower clip range of the ratio.")
+    eps_high: float = Field(0.28, ge=0.0, le=10.0, description="Upper clip range of the ratio.")
+    kl_coef: float = Field(0.0, ge=0.0, description="KL-to-reference coefficient (0 = no KL term, the paper's setting).")
+    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
+
+
+class OpdSpec(_Model):
+    """Mutual on-policy distillation settings (Phase II)."""
+
+    beta: float = Field(1.0, ge=0.0, le=1e6, description="Scale of the OPD token advantage β·(log π_teacher − log π_student).")
+    prompts_per_step: int = Field(8, ge=1, le=100_000, description="Teacher-domain prompts per teacher per step.")
+    samples_per_prompt: int = Field(4, ge=1, le=1024, description="Student samples per teacher-domain prompt.")
+
+
+class MergeSpec(_Model):
+    """How the experts are merged into the all-in-one model."""
+
+    weights: dict[str, float] | None = Field(None, description="Expert → weight (non-negative, sum 1); null = uniform.")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_ok(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("weights must name at least one expert, or be null for uniform")
+        bad = [k for k, w in v.items() if not (w >= 0 and math.isfinite(w))]
+        if bad:
+            raise ValueError(f"weights must be non-negative numbers (bad: {', '.join(bad)})")
+        total = sum(v.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1 (they sum to {total:g})")
+        return v
+
+
+class EvalSpec(_Model):
+    """Held-out evaluation and the behavioural-overlap measure."""
+
+    prompts: int = Field(128, ge=1, le=1_000_000, description="Held-out prompts per domain (greedy accuracy).")
+    overlap_k: int = Field(10, ge=1, le=1000, description="k of the top-k overlap between experts.")
+    overlap_prompts: int = Field(32, ge=1, le=100_000, description="Prompts per expert for the overlap measure.")
+
+
+class TinyModelSpec(_Model):
+    """Recipe of `builtin:tiny`: a small decoder built from a config and warm-started offline."""
+
+    arch: Literal["qwen2", "llama"] = Field("qwen2", description="transformers architecture of the tiny model.")
+    hidden_size: int = Field(128, ge=8, le=4096)
+    layers: int = Field(3, ge=1, le=64)
+    heads: int = Field(4, ge=1, le=64)
+    kv_heads: int = Field(2, ge=1, le=64)
+    intermediate_size: int = Field(384, ge=8, le=16384)
+    warmstart_max_steps: int = Field(1500, ge=0, le=1_000_000, description="Cap on supervised warm-start steps.")
+    warmstart_batch: int = Field(64, ge=1, le=4096)
+    warmstart_lr: float = Field(3e-3, gt=0.0, le=1.0)
+    target_low: float = Field(0.18, ge=0.0, le=1.0, description="Warm start stops once every domain's sampled accuracy is ≥ this …")
+    target_high: float = Field(0.50, ge=0.0, le=1.0, description="… and ≤ this.")
+
+    @model_validator(mode="after")
+    def _shape_ok(self) -> "TinyModelSpec":
+        if self.hidden_size % self.heads:
+            raise ValueError("hidden_size must be a multiple of heads")
+        if self.heads % self.kv_heads:
+            raise ValueError("heads must be a multiple of kv_heads")
+        if self.target_low > self.target_high:
+            raise ValueError("target_low must not exceed target_high")
+        return self
+
+
+class RunSpec(_Model):
+    """A whole run: base model, strategy, experts and their domains, schedule and settings."""
+
+    name: str = Field(pattern=NAME_RE, description="Run name: letters, digits, '_' or '-', at most 64.")
+    base_model: str = Field("builtin:tiny", min_length=1,
+                            description="'builtin:tiny', a local Hugging Face folder, or a hub id.")
+    strategy: Strategy = Field("copd", description="copd | independent | independent_merge | mixed_rlvr | static_opd | mopd")
+    experts: list[ExpertSpec] = Field(min_length=1, max_length=64)
+    topology: str = Field("all_pairs", description="'all_pairs', or 'hub:<expert>' (hub-and-spoke).")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    grpo: GrpoSpec = Field(default_factory=GrpoSpec)
+    opd: OpdSpec = Field(default_factory=OpdSpec)
+    merge: MergeSpec = Field(default_factory=MergeSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    tiny: TinyModelSpec = Field(default_factory=TinyModelSpec)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("experts")
+    @classmethod
+    def _unique_names(cls, v: list[ExpertSpec]) -> list[ExpertSpec]:
+        names = [e.name for e in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"expert names must be unique (repeated: {', '.join(dup)})")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunSpec":
+        names = self.expert_names
+        topo = self.topology
+        if topo != "all_pairs":
+            m = re.fullmatch(r"hub:(.+)", topo)
+            if not m:
+                raise ValueError("topology: must be 'all_pairs' or 'hub:<expert>'")
+            if m.group(1) not in names:
+                raise ValueError(f"topology: hub '{m.group(1)}' is not an expert (experts: {', '.join(names)})")
+        if self.merge.weights is not None:
+            unknown = sorted(set(self.merge.weights) - set(names))
+            if unknown:
+                raise ValueError(f"merge.weights: unknown expert(s) {', '.join(unknown)}")
+        if self.strategy == "copd" and len(names) < 2:
+            raise ValueError("experts: strategy copd needs at least 2 experts")
+        return self
+
+    @property
+    def expert_names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    def teachers_of(self, student: str) -> list[str]:
+        """The experts that teach `student` in Phase II, by topology."""
+        others = [n for n in self.expert_names if n != student]
+        if self.topology == "all_pairs":
+            return others
+        hub = self.topology.split(":", 1)[1]
+        return others if student == hub else [hub]
+
+
+class KnobValues(_Model):
+    """The OPD-mixing knobs a user may change while a run is in progress."""
+
+    beta: float | dict[str, float] | None = Field(None, description="OPD β, global or expert → β.")
+    rl_steps: int | None = Field(None, ge=0, le=1_000_000, description="Phase I steps for the coming cycles.")
+    opd_steps: int | None = Field(None, ge=0, le=1_000_000, description="Phase II steps for the coming cycles.")
+    teacher_weights: dict[str, dict[str, float]] | None = Field(
+        None, description="student → teacher → weight of that teacher's OPD loss.")
+    lr: float | None = Field(None, gt=0.0, le=1.0, description="Learning rate.")
+
+
+def knobs_from_spec(spec: RunSpec) -> dict[str, Any]:
+    """The version-0 knob values a run starts with."""
+    return {
+        "beta": spec.opd.beta,
+        "rl_steps": spec.schedule.rl_steps,
+        "opd_steps": spec.schedule.opd_steps,
+        "teacher_weights": {s: {t: 1.0 for t in spec.teachers_of(s)} for s in spec.expert_names},
+        "lr": spec.grpo.lr,
+    }
+
+
+def validate_knob_changes(spec: RunSpec, changes: dict[str, Any]) -> dict[str, Any]:
+    """Check a knob change against the run; returns the cleaned changes or raises ValueError naming the field."""
+    parsed = KnobValues.model_validate(changes)  # raises ValidationError (a ValueError) with the field
+    out = parsed.model_dump(exclude_unset=True)
+    names = set(spec.expert_names)
+    beta = out.get("beta")
+    if isinstance(beta, dict):
+        for k, b in beta.items():
+            if k not in names:
+                raise ValueError(f"beta.{k}: unknown expert")
+            if not (b >= 0 and math.isfinite(b)):
+                raise ValueError(f"beta.{k}: must be a number >= 0")
+    elif beta is not None and not (beta >= 0 and math.isfinite(beta)):
+        raise ValueError("beta: must be a number >= 0")
+    for s, row in (out.get("teacher_weights") or {}).items():
+        if s not in names:
+            raise ValueError(f"teacher_weights.{s}: unknown expert")
+        for t, w in row.items():
+            if t not in names:
+                raise ValueError(f"teacher_weights.{s}.{t}: unknown expert")
+            if t == s:
+                raise ValueError(f"teacher_weights.{s}.{t}: an expert cannot teach itself")
+            if not (w >= 0 and math.isfinite(w)):
+                raise ValueError(f"teacher_weights.{s}.{t}: must be a number >= 0")
+    return out
+
+
+def beta_for(knobs: dict[str, Any], expert: str, default: float) -> float:
+    """β for one student from the knob values (global or per expert)."""
+    beta = knobs.get("beta", default)
+    if isinstance(beta, dict):
+        return float(beta.get(expert, default))
+    return float(default if beta is None else beta)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be read or is invalid; the message is one line naming the field."""
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line naming each bad field and why."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse_spec(data: Any) -> RunSpec:
+    """Validate a spec given as a mapping; raises SpecError with a one-line message."""
+    if not isinstance(data, dict):
+        raise SpecError("spec: must be a mapping of fields (YAML or JSON object)")
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err)) from None
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Read a YAML or JSON spec file; raises SpecError with a one-line message."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise SpecError(f"{p}: cannot read spec ({err.strerror or err})") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} ({first})") from None
+    return parse_spec(data)

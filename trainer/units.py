@@ -1,0 +1,223 @@
+"""Running one unit: load what it needs from checkpoints, do its steps, checkpoint, report.
+
+Every function here takes a `RunContext` (the spec, domains, base model, layout) and a unit, and depends
+on nothing but files: the local runner calls them in sequence, a Celery worker one per task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from trainer.algos import merge_state_dicts
+from trainer.checkpoint import CheckpointInfo, manifest_sha, read_state, save_checkpoint
+from trainer.domains import Domain, load_domain
+from trainer.evaluate import accuracy, mean_overlap, overlap_row
+from trainer.models import load_builtin_tiny, load_pretrained
+from trainer.reporter import Reporter
+from trainer.rollout import HFEngine
+from trainer.schedule import Layout, Unit, strategy_of
+from trainer.spec import RunSpec, beta_for, knobs_from_spec
+from trainer.update import cross_batch, draw, native_batch, update_step
+
+
+class Cancelled(Exception):
+    """The run was cancelled; the unit stopped at a step boundary without writing its output."""
+
+
+@dataclass
+class RunContext:
+    """Everything a unit needs that does not change during a run."""
+
+    spec: RunSpec
+    layout: Layout
+    domains: dict[str, Domain]                    # expert name → the domain it owns
+    _models: "OrderedDict[str, tuple[Any, Any]]" = field(default_factory=OrderedDict, repr=False)
+
+    @classmethod
+    def create(cls, spec: RunSpec, root: Path, model_cache: Path, log_fn: Callable[[str], None] = print) -> "RunContext":
+        """Load the domains and the base model (building and caching builtin:tiny when needed)."""
+        domains = {e.name: load_domain(e.domain, spec.seed) for e in spec.experts}
+        if spec.base_model == "builtin:tiny":
+            _, _, base = load_builtin_tiny(spec.tiny, list(domains.values()), spec.seed, model_cache, log_fn)
+        else:
+            base = Path(spec.base_model) if Path(spec.base_model).exists() else spec.base_model
+        return cls(spec, Layout(Path(root), Path(base)), domains)
+
+    def load(self, folder: Path, *, cache: bool = True):
+        """(model, tokenizer) of a checkpoint; recently used ones stay in memory, keyed by content hash."""
+        key = self._key(folder)
+        if key in self._models:
+            self._models.move_to_end(key)
+            model, tok = self._models[key]
+            return _clone(model), tok
+        model, tok = load_pretrained(str(folder))
+        if cache:
+            self._models[key] = (_clone(model), tok)
+            while len(self._models) > 2 * len(self.spec.experts) + 1:
+                self._models.popitem(last=False)
+        return model, tok
+
+    def _key(self, folder: Path) -> str:
+        try:
+            return manifest_sha(folder)
+        except OSError:
+            return str(folder)
+
+    def unit_seed(self, unit: Unit) -> int:
+        """A seed per unit, so a unit run again (resume, redelivery) draws the same prompts and samples."""
+        return int(hashlib.sha256(f"{self.spec.seed}/{unit.id}".encode()).hexdigest()[:8], 16)
+
+
+def _clone(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _optimizer(model, lr: float, folder: Path):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+    state = Path(folder) / "optimizer.pt"
+    if state.exists():
+        opt.load_state_dict(torch.load(state, weights_only=True))
+    return opt
+
+
+def _teacher_weights(knobs: dict[str, Any], spec: RunSpec, student: str) -> dict[str, float]:
+    """Normalised weights of the student's teachers (topology, then the teacher_weights knob)."""
+    row = (knobs.get("teacher_weights") or {}).get(student, {})
+    raw = {t: float(row.get(t, 1.0)) for t in spec.teachers_of(student)}
+    total = sum(raw.values())
+    return {t: w / total for t, w in raw.items() if w > 0} if total > 0 else {}
+
+
+def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> CheckpointInfo:
+    """Phase I (RLVR) or Phase II (native GRPO + mutual OPD) steps of one expert; writes its checkpoint."""
+    spec, expert = ctx.spec, unit.expert
+    assert expert is not None and unit.kind in ("rl", "opd")
+    seed = ctx.unit_seed(unit)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    src = ctx.layout.unit_input(unit)
+    model, tok = ctx.load(src)
+    state = read_state(src) if (src / "trainer_state.json").exists() else {"step": 0}
+    step = int(state.get("step", 0))
+    version, knobs = reporter.knobs()
+    base_knobs = knobs_from_spec(spec)
+    n_steps = int(knobs.get(f"{unit.kind}_steps", base_knobs[f"{unit.kind}_steps"]))
+    opt = _optimizer(model, float(knobs.get("lr") or spec.grpo.lr), src)
+    engine = HFEngine(model, tok)
+    use_opd = unit.kind == "opd" and strategy_of(spec).opd
+    teachers = {t: HFEngine(*ctx.load(ctx.layout.teacher_input(t, unit.cycle))) for t in spec.teachers_of(expert)} if use_opd else {}
+    domain = ctx.domains[expert]
+    reporter.event(f"{unit.id}: {n_steps} steps from {src.name}"
+                   + (f", teachers {', '.join(teachers)}" if teachers else ""), expert=expert)
+    t_unit = time.perf_counter()
+    for i in range(n_steps):
+        if reporter.should_stop():
+            raise Cancelled(unit.id)
+        version, knobs = reporter.knobs()  # step boundary: the latest knobs apply from here on
+        t0 = time.perf_counter()
+        native = native_batch(engine, domain, draw(rng, domain.train, spec.grpo.prompts_per_step), spec.grpo)
+        cross = []
+        if use_opd:
+            beta = beta_for(knobs, expert, spec.opd.beta)
+            for t, w in _teacher_weights(knobs, spec, expert).items():
+                prompts = draw(rng, ctx.domains[t].train, spec.opd.prompts_per_step)
+                cross.append(cross_batch(engine, t, teachers[t], prompts, spec.grpo, spec.opd, beta, w))
+        t_roll = time.perf_counter() - t0
+        values = update_step(model, opt, native, cross, spec.grpo, float(knobs.get("lr") or spec.grpo.lr))
+        step += 1
+        rollout_tokens = native.rollout.completion_tokens + sum(c.rollout.completion_tokens for c in cross)
+        values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "knobs/version": float(version),
+                   "phase": 1.0 if unit.kind == "rl" else 2.0}
+        if use_opd:
+            values["opd/beta"] = beta
+        reporter.metrics(expert, unit.cycle, step, values)
+        reporter.knobs_applied(version, unit.cycle, step)
+        reporter.progress(unit.id, i + 1, n_steps, {"reward": values["reward/mean"], "step": step,
+                                                    "s_per_step": (time.perf_counter() - t_unit) / (i + 1)})
+    out = ctx.layout.unit_output(unit)
+    sha, size = save_checkpoint(out, model, tok, opt, {"step": step, "cycle": unit.cycle, "phase": unit.kind,
+                                                       "expert": expert, "knobs_version": version})
+    info = CheckpointInfo(expert, unit.cycle, step, str(out), sha, size)
+    reporter.checkpoint(info)
+    return info
+
+
+def run_eval_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> dict[str, dict[str, float]]:
+    """Every expert on every domain (greedy accuracy) and the overlap matrix, after cycle `unit.cycle`."""
+    spec, layout = ctx.spec, ctx.layout
+    torch.manual_seed(ctx.unit_seed(unit))
+    folders = {e: layout.end_of_cycle(e, unit.cycle) for e in spec.expert_names}
+    engines = {e: HFEngine(*ctx.load(f)) for e, f in folders.items()}
+    results: dict[str, dict[str, float]] = {}
+    base_row: dict[str, float] | None = None
+    for e, engine in engines.items():
+        step = int(read_state(folders[e]).get("step", 0)) if unit.cycle else 0
+        if unit.cycle == 0 and base_row is not None:
+            row = dict(base_row)  # every expert is the base model before training
+        else:
+            row = {}
+            for owner, dom in ctx.domains.items():
+                acc, length = accuracy(engine, dom, spec.eval.prompts, spec.grpo.max_new_tokens)
+                row[f"acc/{owner}"] = acc
+                row[f"eval_len/{owner}"] = length
+            base_row = row
+        results[e] = row
+        reporter.metrics(e, unit.cycle, step, row)
+    if unit.cycle > 0 and len(engines) > 1:
+        rows = []
+        for e in spec.expert_names:
+            row = overlap_row(e, engines, ctx.domains[e], spec.eval.overlap_prompts, spec.eval.overlap_k,
+                              spec.grpo.temperature, spec.grpo.max_new_tokens)
+            step = int(read_state(folders[e]).get("step", 0))
+            reporter.metrics(e, unit.cycle, step, row)
+            results[e] |= row
+            rows.append(row)
+        reporter.metrics(None, unit.cycle, unit.cycle, {"overlap/mean": mean_overlap(rows),
+                                                        "overlap_top1/mean": mean_overlap(rows, "overlap_top1/")})
+    summary = ", ".join(f"{e}: " + " ".join(f"{k[4:]}={v:.2f}" for k, v in r.items() if k.startswith("acc/"))
+                        for e, r in results.items())
+    reporter.event(f"{unit.id}: {summary}")
+    return results
+
+
+def run_merge_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> CheckpointInfo:
+    """Merge the experts' final weights into the all-in-one model, evaluate it, export it."""
+    spec, layout = ctx.spec, ctx.layout
+    folders = [layout.end_of_cycle(e, spec.schedule.cycles) for e in spec.expert_names]
+    models = [ctx.load(f, cache=False) for f in folders]
+    weights = None if spec.merge.weights is None else [spec.merge.weights.get(e, 0.0) for e in spec.expert_names]
+    merged_sd = merge_state_dicts([m.state_dict() for m, _ in models], weights)
+    model, tok = models[0]
+    model.load_state_dict(merged_sd)
+    step = max(int(read_state(f).get("step", 0)) if spec.schedule.cycles else 0 for f in folders)
+    engine = HFEngine(model, tok)
+    row = {}
+    for owner, dom in ctx.domains.items():
+        row[f"acc/{owner}"], row[f"eval_len/{owner}"] = accuracy(engine, dom, spec.eval.prompts, spec.grpo.max_new_tokens)
+    row["acc_mean"] = sum(row[f"acc/{d}"] for d in ctx.domains) / len(ctx.domains)
+    reporter.metrics("merged", spec.schedule.cycles, step, row)
+    sha, size = save_checkpoint(layout.final, model, tok, None, {"step": step, "merged_from": spec.expert_names,
+                                                                "weights": weights or "uniform"})
+    info = CheckpointInfo("merged", spec.schedule.cycles, step, str(layout.final), sha, size, final=True)
+    reporter.checkpoint(info)
+    reporter.event(f"merged model: " + " ".join(f"{k[4:]}={v:.2f}" for k, v in row.items() if k.startswith("acc/")))
+    return info
+
+
+def run_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Any:
+    """Dispatch a unit to its runner."""
+    if unit.kind == "eval":
+        return run_eval_unit(ctx, unit, reporter)
+    if unit.kind == "merge":
+        return run_merge_unit(ctx, unit, reporter)
+    return run_train_unit(ctx, unit, reporter)

@@ -1,0 +1,111 @@
+"""One expert's update: a native GRPO batch and (Phase II) cross-expert OPD batches in ONE optimizer step."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from trainer.algos import entropy_from_logits, grpo_advantages, masked_mean, opd_advantages, policy_loss, token_logprobs
+from trainer.domains.base import Domain, Sample
+from trainer.rollout import Rollout, RolloutEngine, forward_logits
+from trainer.spec import GrpoSpec, OpdSpec
+
+
+@dataclass(frozen=True)
+class NativeBatch:
+    """Own-domain rollouts with their rewards and group-normalised advantages."""
+
+    rollout: Rollout
+    rewards: Tensor           # [N]
+    advantages: Tensor        # [N]
+
+
+@dataclass(frozen=True)
+class CrossBatch:
+    """Teacher-domain prompts sampled by the student, scored token by token by a live teacher."""
+
+    teacher: str
+    rollout: Rollout
+    teacher_logp: Tensor      # [N, T] log π_teacher of the student's tokens
+    advantages: Tensor        # [N, T] β·(log π_teacher − log π_student)
+    weight: float             # share of this teacher in the OPD loss
+
+
+def native_batch(engine: RolloutEngine, domain: Domain, prompts: Sequence[Sample], grpo: GrpoSpec) -> NativeBatch:
+    """Sample G completions per prompt, score them with the domain's verifier, GRPO advantages."""
+    roll = engine.sample([s.prompt for s in prompts], grpo.group_size, temperature=grpo.temperature,
+                         max_new_tokens=grpo.max_new_tokens)
+    rewards = torch.tensor([domain.score(t, prompts[i]) for t, i in zip(roll.texts, roll.prompt_index)])
+    return NativeBatch(roll, rewards, grpo_advantages(rewards, grpo.group_size))
+
+
+def cross_batch(engine: RolloutEngine, teacher_name: str, teacher: RolloutEngine, prompts: Sequence[Sample],
+                grpo: GrpoSpec, opd: OpdSpec, beta: float, weight: float) -> CrossBatch:
+    """Student samples the teacher's prompts; the live teacher scores every token (reverse-KL advantage)."""
+    roll = engine.sample([s.prompt for s in prompts], opd.samples_per_prompt, temperature=grpo.temperature,
+                         max_new_tokens=grpo.max_new_tokens)
+    t_logp = teacher.logprobs(roll.tokens, temperature=grpo.temperature)
+    adv = opd_advantages(t_logp, roll.logp, roll.tokens.completion_mask, beta)
+    return CrossBatch(teacher_name, roll, t_logp, adv, weight)
+
+
+def draw(rng: random.Random, samples: Sequence[Sample], n: int) -> list[Sample]:
+    """n prompts without replacement (with replacement when the split is smaller than n)."""
+    return rng.sample(list(samples), n) if n <= len(samples) else [rng.choice(samples) for _ in range(n)]
+
+
+def _loss_on(model, rollout: Rollout, advantages: Tensor, grpo: GrpoSpec):
+    """Policy loss of the model on a rollout (old logprobs = the sampler's), plus its entropy."""
+    logits = forward_logits(model, rollout.tokens)                                   # [N, T, V]
+    logp = token_logprobs(logits, rollout.tokens.completion_ids, grpo.temperature)   # [N, T]
+    mask = rollout.tokens.completion_mask
+    loss, stats = policy_loss(logp, rollout.logp, advantages, mask, grpo.eps_low, grpo.eps_high)
+    with torch.no_grad():
+        ent = float(masked_mean(entropy_from_logits(logits.detach(), grpo.temperature), mask))
+    return loss, stats, ent
+
+
+def update_step(model, optimizer, native: NativeBatch | None, cross: Sequence[CrossBatch], grpo: GrpoSpec,
+                lr: float) -> dict[str, float]:
+    """loss = L_grpo(native) + Σ_j w_j · L_opd(cross_j); one backward, clip, one optimizer step."""
+    t0 = time.perf_counter()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    out: dict[str, float] = {}
+    total = torch.zeros(())
+    tokens = 0
+    if native is not None:
+        loss, stats, ent = _loss_on(model, native.rollout, native.advantages, grpo)
+        total = total + loss
+        tokens += native.rollout.completion_tokens
+        out |= {"loss/grpo": float(loss.detach()), "grpo/clip_frac": stats.clip_frac, "entropy": ent,
+                "reward/mean": float(native.rewards.mean()),
+                "grpo/zero_adv_groups": float((native.advantages.view(-1, grpo.group_size).abs().sum(1) == 0).float().mean()),
+                "response/len": float(native.rollout.tokens.completion_mask.sum(1).float().mean())}
+    if cross:
+        opd_loss, kl, adv = torch.zeros(()), 0.0, 0.0
+        for cb in cross:
+            loss, stats, _ = _loss_on(model, cb.rollout, cb.advantages, grpo)
+            opd_loss = opd_loss + cb.weight * loss
+            mask = cb.rollout.tokens.completion_mask
+            teacher_kl = float(masked_mean(cb.rollout.logp - cb.teacher_logp, mask))
+            kl += cb.weight * teacher_kl
+            adv += cb.weight * float(masked_mean(cb.advantages, mask))
+            tokens += cb.rollout.completion_tokens
+            out[f"opd/kl/{cb.teacher}"] = teacher_kl
+        total = total + opd_loss
+        out |= {"loss/opd": float(opd_loss.detach()), "opd/kl": kl, "opd/adv": adv}
+    total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grpo.grad_clip)
+    optimizer.step()
+    model.eval()
+    dt = time.perf_counter() - t0
+    out |= {"grad_norm": float(grad_norm), "lr": lr, "tokens/train_per_s": tokens / max(dt, 1e-9)}
+    return out
