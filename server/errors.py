@@ -1,0 +1,169 @@
+"""API errors and their JSON shape: every 4xx body is {"detail": "<one line naming the field>", "errors": [...]}."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("copd.server")
+
+_LOC_HEADS = {"body", "query", "path", "header", "cookie"}
+# Labels pydantic puts in a loc for union members and wrapped validators; they are not field names.
+_TYPE_LABELS = {"str", "int", "float", "bool"}  # no field of ours has these names
+_LABEL_PREFIXES = ("function-", "constrained-", "lax-or-strict", "json-or-python", "tagged-union",
+                   "nullable", "chain", "default", "is-instance", "literal")
+_MISMATCH = re.compile(r"(_type|_parsing|_instance_of|union_tag_invalid)$")
+_FIELD_IN_MSG = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*): (.+)$")
+MAX_LISTED = 3  # errors spelled out in `detail`; all of them are in `errors`
+
+
+class ApiError(Exception):
+    """An expected failure with a status and a one-line detail naming the field."""
+
+    status = 400
+    headers: dict[str, str] | None = None
+
+    def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+
+class Unauthorized(ApiError):
+    status = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class Invalid(ApiError):
+    status = 422
+
+
+class Unavailable(ApiError):
+    status = 503
+
+
+def _model_names() -> set[str]:
+    seen: set[str] = set()
+    stack = list(BaseModel.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls.__name__ not in seen:
+            seen.add(cls.__name__)
+            stack.extend(cls.__subclasses__())
+    return seen
+
+
+def _is_label(part: Any, models: set[str]) -> bool:
+    if not isinstance(part, str):
+        return False
+    return "[" in part or part in _TYPE_LABELS or part in models or part.startswith(_LABEL_PREFIXES)
+
+
+def field_errors(errors: Sequence[dict[str, Any]], prefix: str = "", request: bool = False) -> list[dict[str, str]]:
+    """Pydantic / FastAPI errors as [{"field", "message", "type"}], union noise removed.
+
+    `request`: the locs start with where the value came from (body, query, path), which is dropped.
+    """
+    models = _model_names()
+    rows = []  # (field, message, type, union group or None)
+    for e in errors:
+        loc = list(e.get("loc", ()))
+        if request and loc and loc[0] in _LOC_HEADS and len(loc) > 1:
+            loc = loc[1:]
+        group = None
+        parts = []
+        for i, part in enumerate(loc):
+            if _is_label(part, models):
+                group = group or tuple(loc[:i])
+                continue
+            parts.append(str(part))
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if e.get("type") == "json_invalid":
+            parts = ["body"]
+            where = f" at position {loc[0]}" if loc and isinstance(loc[0], int) else ""
+            msg = f"invalid JSON ({(e.get('ctx') or {}).get('error', 'decode error')}{where})"
+        elif parts in ([], ["body"]) and (m := _FIELD_IN_MSG.match(msg)):  # model-level validators name the field first
+            parts, msg = [m.group(1)], m.group(2)
+        field = ".".join(([prefix] if prefix else []) + parts) or "body"
+        rows.append((field, msg, str(e.get("type", "")), group))
+    # Of a union's branches, keep the errors of the branch that matched the input's type.
+    keep = []
+    for row in rows:
+        if row[3] is not None and _MISMATCH.search(row[2]):
+            siblings = [r for r in rows if r[3] == row[3] and not _MISMATCH.search(r[2])]
+            if siblings:
+                continue
+        keep.append(row)
+    out: list[dict[str, str]] = []
+    for field, msg, typ, _ in keep:
+        if not any(o["field"] == field and o["message"] == msg for o in out):
+            out.append({"field": field, "message": msg, "type": typ})
+    return out
+
+
+def one_line(errors: list[dict[str, str]]) -> str:
+    """`field: message; field: message (+N more)`."""
+    parts = [f"{e['field']}: {e['message']}" for e in errors[:MAX_LISTED]]
+    more = f" (+{len(errors) - MAX_LISTED} more)" if len(errors) > MAX_LISTED else ""
+    return "; ".join(parts) + more
+
+
+def invalid_from(err: ValidationError, prefix: str = "") -> Invalid:
+    """A 422 from a pydantic ValidationError, fields prefixed (e.g. `changes.lr`)."""
+    errs = field_errors(err.errors(include_url=False, include_input=False), prefix)
+    return Invalid(one_line(errs), errs)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _body(detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    # A field name can be user input (a dict key); keep the detail one printable line.
+    detail = _CONTROL.sub(lambda m: repr(m.group())[1:-1], detail)
+    return {"detail": detail, "errors": errors or []}
+
+
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(_body(exc.detail, exc.errors), status_code=exc.status, headers=exc.headers)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errs = field_errors(exc.errors(), request=True)
+    return JSONResponse(_body(one_line(errs), errs), status_code=422)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return JSONResponse(_body(detail), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(_body("internal error; the server log has the details"), status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that give every error the same JSON shape."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unhandled)

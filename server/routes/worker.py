@@ -1,0 +1,32 @@
+"""Worker-facing endpoints: status reports, progress, heartbeats (write role)."""
+
+from __future__ import annotations
+
+from server import crud, rules
+from server.deps import RunId, SessionDep, Writer
+from server.guard import router
+from server.schemas import HeartbeatCreate, HeartbeatPublic, ProgressReport, RunPublic, StatusReport, run_public
+
+api = router(tags=["worker"])
+
+
+@api.post("/runs/{run_id}/status", response_model=RunPublic)
+def report_status(run_id: RunId, body: StatusReport, session: SessionDep, who: Writer) -> RunPublic:
+    """queued → running, running | paused → completed, queued | running | paused → failed; else 409."""
+    level = "error" if body.status == "failed" else "info"
+    run, _ = crud.transition(session, run_id=run_id, rule=rules.WORKER_REPORTS[body.status], verb=body.status,
+                             by=who.name, message=body.message, level=level)
+    return run_public(run)
+
+
+@api.post("/runs/{run_id}/progress", response_model=RunPublic)
+def report_progress(run_id: RunId, body: ProgressReport, session: SessionDep, _: Writer) -> RunPublic:
+    """Cycle, phase and progress of the run; with `expert`, that expert's unit and status."""
+    return run_public(crud.report_progress(session, run_id=run_id, report=body))
+
+
+@api.post("/runs/{run_id}/heartbeats", response_model=HeartbeatPublic)
+def heartbeat(run_id: RunId, body: HeartbeatCreate, session: SessionDep, _: Writer) -> HeartbeatPublic:
+    """A unit is alive. The reply carries the run's status; 409 once the run is cancelled or over."""
+    hb, status = crud.record_heartbeat(session, run_id=run_id, unit=body.unit, worker=body.worker)
+    return HeartbeatPublic(unit=hb.unit, worker=hb.worker, last_seen=hb.last_seen, run_status=status)

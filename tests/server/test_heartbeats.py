@@ -1,0 +1,93 @@
+"""Heartbeats and the reaper: a running run that falls silent is crashed, with an event naming the unit."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from server.models import utcnow
+from server.reaper import reap_stale_runs
+from tests.server.conftest import Api
+
+TIMEOUT = 60.0
+
+
+def _reap(api: Api, after_s: float) -> list[int]:
+    with api.client.app.state.sessions() as session:
+        return reap_stale_runs(session, utcnow() + timedelta(seconds=after_s), TIMEOUT)
+
+
+def _beat(api: Api, run_id: int, unit: str, worker: str = "host-123"):
+    return api.client.post(f"/api/v1/runs/{run_id}/heartbeats", json={"unit": unit, "worker": worker})
+
+
+def test_heartbeat_is_recorded_with_the_run_status(api: Api) -> None:
+    run_id = api.running_run()["id"]
+    r = _beat(api, run_id, "c1/rl/text")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["unit"] == "c1/rl/text" and body["worker"] == "host-123" and body["run_status"] == "running"
+    assert body["last_seen"]
+    assert _beat(api, run_id, "c1/rl/text", worker="host-456").json()["worker"] == "host-456"  # upsert
+
+
+def test_silent_run_is_crashed_with_an_event_naming_the_unit(api: Api) -> None:
+    run_id = api.running_run()["id"]
+    _beat(api, run_id, "c1/rl/image")
+    assert _beat(api, run_id, "c1/rl/text").status_code == 200
+    assert _reap(api, TIMEOUT / 2) == []  # not silent long enough
+    assert api.client.get(f"/api/v1/runs/{run_id}").json()["status"] == "running"
+    assert _reap(api, TIMEOUT + 5) == [run_id]
+    assert api.client.get(f"/api/v1/runs/{run_id}").json()["status"] == "crashed"
+    events = api.client.get(f"/api/v1/runs/{run_id}/events", params={"level": "error"}).json()["items"]
+    assert len(events) == 1
+    assert "running → crashed" in events[0]["message"] and "c1/rl/text" in events[0]["message"]
+    assert "host-123" in events[0]["message"]
+    assert _reap(api, TIMEOUT + 5) == []  # already crashed
+    # a crashed run resumes (from its last checkpoint) and refuses heartbeats until it runs again
+    assert _beat(api, run_id, "c1/rl/text").status_code == 409
+    assert api.act(run_id, "resume").json()["status"] == "queued"
+
+
+def test_run_that_never_sent_a_heartbeat_is_crashed(api: Api) -> None:
+    run_id = api.running_run()["id"]
+    assert _reap(api, TIMEOUT + 5) == [run_id]
+    events = api.client.get(f"/api/v1/runs/{run_id}/events", params={"level": "error"}).json()["items"]
+    assert "no unit sent a heartbeat" in events[0]["message"]
+
+
+def test_only_running_runs_are_reaped(api: Api) -> None:
+    queued = api.create_run()["id"]
+    api.act(queued, "start")
+    paused = api.running_run()["id"]
+    api.act(paused, "pause")
+    draft = api.create_run()["id"]
+    assert _reap(api, 10 * TIMEOUT) == []
+    for run_id, status in ((queued, "queued"), (paused, "paused"), (draft, "draft")):
+        assert api.client.get(f"/api/v1/runs/{run_id}").json()["status"] == status
+
+
+def test_fresh_heartbeat_keeps_a_run_alive(api: Api) -> None:
+    run_id = api.running_run()["id"]
+    with api.client.app.state.sessions() as session:  # the run started running long ago...
+        from sqlalchemy import update
+
+        from server.models import Run
+
+        session.execute(update(Run).where(Run.id == run_id).values(status_changed_at=utcnow() - timedelta(hours=1)))
+        session.commit()
+    _beat(api, run_id, "c2/opd/video")  # ...but a unit spoke just now
+    with api.client.app.state.sessions() as session:
+        assert reap_stale_runs(session, utcnow(), TIMEOUT) == []
+
+
+def test_bad_heartbeats(api: Api) -> None:
+    run_id = api.running_run()["id"]
+    for body, field in [({"unit": "../../etc", "worker": "w"}, "unit"), ({"unit": "c1/rl/text", "worker": ""}, "worker"),
+                        ({"unit": "c1/rl/text"}, "worker"), ({"unit": "rl/text", "worker": "w"}, "unit")]:
+        r = api.client.post(f"/api/v1/runs/{run_id}/heartbeats", json=body)
+        assert r.status_code == 422 and r.json()["detail"].startswith(field), (body, r.json())
+    assert _beat(api, 999999, "c1/rl/text").status_code == 404
+    done = api.running_run()["id"]
+    api.act(done, "cancel")
+    r = _beat(api, done, "c1/rl/text")
+    assert r.status_code == 409 and "cancelled" in r.json()["detail"]
