@@ -18,7 +18,7 @@ class ConsoleDisplay:
     def __init__(self, console: Console | None = None, quiet: bool = False):
         self.console = console or Console(stderr=True)
         self.quiet = quiet
-        self.progress: Progress | None = None
+        self.bar: Progress | None = None
         self.task = None
         self._reward: dict[str, float] = {}
 
@@ -27,36 +27,36 @@ class ConsoleDisplay:
         weight = {"rl": spec.schedule.rl_steps, "opd": spec.schedule.opd_steps, "eval": 1, "merge": 1}
         total = sum(weight[u.kind] for u in units)
         done = sum(weight[u.kind] for u in units if u.id in completed)
-        self.progress = Progress(
+        self.bar = Progress(
             TextColumn("[bold]{task.fields[where]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("reward {task.fields[reward]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=self.console, disable=self.quiet, transient=False)
-        self.progress.start()
-        self.task = self.progress.add_task("run", total=total, completed=done, where="starting", reward="-")
+        self.bar.start()
+        self.task = self.bar.add_task("run", total=total, completed=done, where="starting", reward="-")
 
     def progress(self, unit: str, step: int, total: int, fields: dict[str, Any]) -> None:
         u = Unit.parse(unit)
-        if self.progress is None:
+        if self.bar is None:
             return
         where = f"cycle {u.cycle} · {PHASES[u.kind]} · {u.expert} · step {step}/{total}"
-        self.progress.update(self.task, advance=1, where=where, reward=f"{fields.get('reward', 0):.2f}")
+        self.bar.update(self.task, advance=1, where=where, reward=f"{fields.get('reward', 0):.2f}")
 
     def metrics(self, expert, cycle, step, values) -> None:
         pass
 
     def event(self, message: str, *, level: str = "info", expert: str | None = None) -> None:
-        if self.progress is None or self.quiet:
+        if self.bar is None or self.quiet:
             return
         if message.startswith("checkpoint") or ": " in message and " steps from " in message:
             return
         style = {"warning": "yellow", "error": "red"}.get(level, "dim")
-        self.progress.console.print(f"[{style}]{message}[/]")
+        self.bar.console.print(f"[{style}]{message}[/]")
 
     def unit_done(self, unit: Unit) -> None:
-        if self.progress is not None and unit.kind in ("eval", "merge"):
+        if self.bar is not None and unit.kind in ("eval", "merge"):
             where = "merged" if unit.kind == "merge" else f"cycle {unit.cycle} · evaluated"
-            self.progress.update(self.task, advance=1, where=where)
+            self.bar.update(self.task, advance=1, where=where)
 
     def stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        if self.bar is not None:
+            self.bar.stop()

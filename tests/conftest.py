@@ -5,6 +5,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# One intra-op thread: tests share 2 cores with workers and servers they start; spinning OpenMP threads
+# competing for them slow a tiny model's step down by ~10x. Subprocesses inherit it.
+os.environ.setdefault("COPD_TORCH_THREADS", "1")
 
 import pytest  # noqa: E402
 

@@ -25,6 +25,14 @@ SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 WARMSTART_VERSION = 1  # bump when the warm-start recipe changes, so cached models are rebuilt
 
 
+def configure_torch() -> None:
+    """Apply COPD_TORCH_THREADS (intra-op threads). On a loaded machine 1 thread avoids the heavy slowdown of
+    spinning OpenMP threads competing for the same cores; unset keeps torch's default (all cores)."""
+    threads = os.environ.get("COPD_TORCH_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0 and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
+
+
 def build_char_tokenizer(alphabet: set[str]) -> PreTrainedTokenizerFast:
     """A character-level tokenizer over `alphabet` (BOS prepended, left padding)."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
@@ -158,8 +166,12 @@ def load_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], seed: in
     log_fn(f"building builtin:tiny ({n_params / 1e6:.2f}M parameters, {len(tokenizer)} tokens); "
            f"warm start on {', '.join(d.key for d in domains)} (cached at {folder})")
     t0 = time.time()
-    accs = warm_start(model, tokenizer, domains, recipe, seed,
-                      on_check=lambda s, a: log.info("warm start step %d: %s", s, a))
+    def on_check(step: int, accs: list[float]) -> None:
+        if step % 250 == 0:
+            log_fn(f"warm start step {step}: sampled accuracy "
+                   + ", ".join(f"{d.key.removeprefix('builtin:')}={a:.2f}" for d, a in zip(domains, accs)))
+
+    accs = warm_start(model, tokenizer, domains, recipe, seed, on_check=on_check)
     log_fn(f"warm start done in {time.time() - t0:.0f}s; sampled accuracy "
            + ", ".join(f"{d.key}={a:.2f}" for d, a in zip(domains, accs)))
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")

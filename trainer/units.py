@@ -20,7 +20,7 @@ from trainer.algos import merge_state_dicts
 from trainer.checkpoint import CheckpointInfo, manifest_sha, read_state, save_checkpoint
 from trainer.domains import Domain, load_domain
 from trainer.evaluate import accuracy, mean_overlap, overlap_row
-from trainer.models import load_builtin_tiny, load_pretrained
+from trainer.models import configure_torch, load_builtin_tiny, load_pretrained
 from trainer.reporter import Reporter
 from trainer.rollout import HFEngine
 from trainer.schedule import Layout, Unit, strategy_of
@@ -44,6 +44,7 @@ class RunContext:
     @classmethod
     def create(cls, spec: RunSpec, root: Path, model_cache: Path, log_fn: Callable[[str], None] = print) -> "RunContext":
         """Load the domains and the base model (building and caching builtin:tiny when needed)."""
+        configure_torch()
         domains = {e.name: load_domain(e.domain, spec.seed) for e in spec.experts}
         if spec.base_model == "builtin:tiny":
             _, _, base = load_builtin_tiny(spec.tiny, list(domains.values()), spec.seed, model_cache, log_fn)
