@@ -44,7 +44,7 @@ class RunContext:
     @classmethod
     def create(cls, spec: RunSpec, root: Path, model_cache: Path, log_fn: Callable[[str], None] = print) -> "RunContext":
         """Load the domains and the base model (building and caching builtin:tiny when needed)."""
-        configure_torch()
+        configure_torch(spec.base_model)
         domains = {e.name: load_domain(e.domain, spec.seed) for e in spec.experts}
         if spec.base_model == "builtin:tiny":
             _, _, base = load_builtin_tiny(spec.tiny, list(domains.values()), spec.seed, model_cache, log_fn)
@@ -118,6 +118,7 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
     use_opd = unit.kind == "opd" and strategy_of(spec).opd
     teachers = {t: HFEngine(*ctx.load(ctx.layout.teacher_input(t, unit.cycle))) for t in spec.teachers_of(expert)} if use_opd else {}
     domain = ctx.domains[expert]
+    reference = HFEngine(*ctx.load(ctx.layout.base)) if spec.grpo.kl_coef > 0 else None
     reporter.event(f"{unit.id}: {n_steps} steps from {src.name}"
                    + (f", teachers {', '.join(teachers)}" if teachers else ""), expert=expert)
     t_unit = time.perf_counter()
@@ -126,7 +127,8 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
             raise Cancelled(unit.id)
         version, knobs = reporter.knobs()  # step boundary: the latest knobs apply from here on
         t0 = time.perf_counter()
-        native = native_batch(engine, domain, draw(rng, domain.train, spec.grpo.prompts_per_step), spec.grpo)
+        native = native_batch(engine, domain, draw(rng, domain.train, spec.grpo.prompts_per_step), spec.grpo,
+                              reference)
         cross = []
         if use_opd:
             beta = beta_for(knobs, expert, spec.opd.beta)

@@ -23,6 +23,7 @@ class NativeBatch:
     rollout: Rollout
     rewards: Tensor           # [N]
     advantages: Tensor        # [N]
+    ref_logp: Tensor | None = None  # [N, T] reference (base) model logprobs, only when grpo.kl_coef > 0
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,20 @@ class CrossBatch:
     weight: float             # share of this teacher in the OPD loss
 
 
-def native_batch(engine: RolloutEngine, domain: Domain, prompts: Sequence[Sample], grpo: GrpoSpec) -> NativeBatch:
+def native_batch(engine: RolloutEngine, domain: Domain, prompts: Sequence[Sample], grpo: GrpoSpec,
+                 reference: RolloutEngine | None = None) -> NativeBatch:
     """Sample G completions per prompt, score them with the domain's verifier, GRPO advantages."""
     roll = engine.sample([s.prompt for s in prompts], grpo.group_size, temperature=grpo.temperature,
                          max_new_tokens=grpo.max_new_tokens)
     rewards = torch.tensor([domain.score(t, prompts[i]) for t, i in zip(roll.texts, roll.prompt_index)])
-    return NativeBatch(roll, rewards, grpo_advantages(rewards, grpo.group_size))
+    ref = reference.logprobs(roll.tokens, temperature=grpo.temperature) if reference is not None else None
+    return NativeBatch(roll, rewards, grpo_advantages(rewards, grpo.group_size), ref)
+
+
+def kl_penalty(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
+    """k3 estimate of KL(π ‖ π_ref) per token, mean per sequence then over sequences. [N, T] → scalar."""
+    d = ref_logp.detach() - logp
+    return masked_mean(torch.exp(d) - d - 1.0, mask, dim=1).mean()
 
 
 def cross_batch(engine: RolloutEngine, teacher_name: str, teacher: RolloutEngine, prompts: Sequence[Sample],
@@ -59,15 +68,16 @@ def draw(rng: random.Random, samples: Sequence[Sample], n: int) -> list[Sample]:
     return rng.sample(list(samples), n) if n <= len(samples) else [rng.choice(samples) for _ in range(n)]
 
 
-def _loss_on(model, rollout: Rollout, advantages: Tensor, grpo: GrpoSpec):
-    """Policy loss of the model on a rollout (old logprobs = the sampler's), plus its entropy."""
+def _loss_on(model, rollout: Rollout, advantages: Tensor, grpo: GrpoSpec, ref_logp: Tensor | None = None):
+    """Policy loss of the model on a rollout (old logprobs = the sampler's), its entropy, and the KL term."""
     logits = forward_logits(model, rollout.tokens)                                   # [N, T, V]
     logp = token_logprobs(logits, rollout.tokens.completion_ids, grpo.temperature)   # [N, T]
     mask = rollout.tokens.completion_mask
     loss, stats = policy_loss(logp, rollout.logp, advantages, mask, grpo.eps_low, grpo.eps_high)
+    kl = kl_penalty(logp, ref_logp, mask) if ref_logp is not None else None
     with torch.no_grad():
         ent = float(masked_mean(entropy_from_logits(logits.detach(), grpo.temperature), mask))
-    return loss, stats, ent
+    return loss, stats, ent, kl
 
 
 def update_step(model, optimizer, native: NativeBatch | None, cross: Sequence[CrossBatch], grpo: GrpoSpec,
@@ -82,8 +92,11 @@ def update_step(model, optimizer, native: NativeBatch | None, cross: Sequence[Cr
     total = torch.zeros(())
     tokens = 0
     if native is not None:
-        loss, stats, ent = _loss_on(model, native.rollout, native.advantages, grpo)
+        loss, stats, ent, kl = _loss_on(model, native.rollout, native.advantages, grpo, native.ref_logp)
         total = total + loss
+        if kl is not None:
+            total = total + grpo.kl_coef * kl
+            out["grpo/kl_ref"] = float(kl.detach())
         tokens += native.rollout.completion_tokens
         out |= {"loss/grpo": float(loss.detach()), "grpo/clip_frac": stats.clip_frac, "entropy": ent,
                 "reward/mean": float(native.rewards.mean()),
@@ -92,7 +105,7 @@ def update_step(model, optimizer, native: NativeBatch | None, cross: Sequence[Cr
     if cross:
         opd_loss, kl, adv = torch.zeros(()), 0.0, 0.0
         for cb in cross:
-            loss, stats, _ = _loss_on(model, cb.rollout, cb.advantages, grpo)
+            loss, stats, _, _ = _loss_on(model, cb.rollout, cb.advantages, grpo)
             opd_loss = opd_loss + cb.weight * loss
             mask = cb.rollout.tokens.completion_mask
             teacher_kl = float(masked_mean(cb.rollout.logp - cb.teacher_logp, mask))

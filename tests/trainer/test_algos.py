@@ -1,6 +1,8 @@
 """The math of DESIGN.md §5 against values computed by hand (written out in each test)."""
 
 
+import math
+
 import pytest
 import torch
 
@@ -111,3 +113,13 @@ def test_merge_state_dicts_bad_weights(weights, msg):
 def test_merge_state_dicts_mismatched_keys():
     with pytest.raises(ValueError, match="different parameter names"):
         merge_state_dicts([{"w": torch.zeros(1)}, {"v": torch.ones(1)}])
+
+
+def test_kl_penalty_k3_by_hand():
+    from trainer.update import kl_penalty
+
+    # d = ref − logp = ln 2 on token 1, 0 on token 2 (masked out on row 2): k3 = e^d − d − 1 = 1 − ln 2
+    logp = torch.tensor([[0.0, -1.0], [0.0, 5.0]])
+    ref = torch.tensor([[math.log(2.0), -1.0], [0.0, 0.0]])
+    kl = kl_penalty(logp, ref, torch.tensor([[1, 0], [1, 0]]))
+    assert kl.item() == pytest.approx((1 - math.log(2.0)) / 2)

@@ -21,7 +21,7 @@ def test_design_example_spec_parses():
 
     spec = load_spec(Path(__file__).parents[2] / "examples" / "copd-tiny.yaml")
     assert spec.expert_names == ["text", "image", "video"]
-    assert (spec.schedule.cycles, spec.schedule.rl_steps, spec.schedule.opd_steps) == (4, 3, 2)
+    assert (spec.schedule.cycles, spec.schedule.rl_steps, spec.schedule.opd_steps) == (4, 9, 6)
     assert spec.grpo.eps_high == 0.28 and spec.opd.beta == 1.0 and spec.merge.weights is None
 
 

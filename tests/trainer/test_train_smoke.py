@@ -92,3 +92,14 @@ def test_sampler_logprobs_match_trainer_recompute(tmp_path, model_cache):
     recomputed = engine.logprobs(roll.tokens, temperature=0.7)
     assert roll.tokens.prompt_mask[:, 0].min() == 0  # some prompts really are left padded
     assert torch.allclose(recomputed, roll.logp, atol=1e-5)
+
+
+def test_independent_with_kl_to_base(tmp_path, model_cache):
+    spec = tiny_spec(strategy="independent", schedule={"cycles": 1, "rl_steps": 1, "opd_steps": 1},
+                     grpo={"kl_coef": 0.1})
+    state = train_local(spec, tmp_path / "run", model_cache, log_fn=lambda m: None)
+    assert "final/merge" not in state.completed and not (tmp_path / "run" / "final").exists()
+    rows = read_metrics(tmp_path / "run")
+    kls = [r["value"] for r in rows if r["key"] == "grpo/kl_ref"]
+    assert len(kls) == 4 and all(math.isfinite(v) and v >= 0 for v in kls)
+    assert not [r for r in rows if r["key"].startswith("loss/opd")]  # no teacher for independent experts
