@@ -14,6 +14,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="copd: Co-Evolving Policy Distillation — train, serve and steer runs.")
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
 app.add_typer(db_app, name="db")
+runs_app = typer.Typer(no_args_is_help=True, help="Runs on the API: create, list, watch, pause, resume, cancel.")
+app.add_typer(runs_app, name="runs")
+knobs_app = typer.Typer(no_args_is_help=True, help="OPD mixing of a run in progress (applied at the next step).")
+app.add_typer(knobs_app, name="knobs")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -84,6 +88,225 @@ def db_upgrade() -> None:
     from server.cli import db_upgrade as upgrade
 
     _run_or_fail(upgrade)
+
+
+@app.command()
+def worker(
+    gpu: Optional[int] = typer.Option(None, "--gpu", help="Use this GPU only (sets CUDA_VISIBLE_DEVICES) "
+                                      "and name the worker gpu<N>@host."),
+    queues: str = typer.Option("gpu,light", "--queues", "-Q",
+                               help="Queues to consume: gpu (training units), light (joins)."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Celery node name (default copd-<pid>@<host>)."),
+    loglevel: str = typer.Option("info", "--loglevel", "-l", help="debug | info | warning | error."),
+) -> None:
+    """Run a Celery worker: one unit at a time on this machine's GPU (or CPU), reporting to COPD_API_URL."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    _quiet_libraries()
+    from worker.celery_app import app as celery_app
+
+    node = name or (f"gpu{gpu}@%h" if gpu is not None else f"copd-{os.getpid()}@%h")
+    celery_app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "--queues", queues, "--hostname", node,
+                            "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--without-heartbeat"])
+
+
+@app.command()
+def ui(host: str = typer.Option("127.0.0.1", help="Bind address."),
+       port: int = typer.Option(8501, help="Port.")) -> None:
+    """Serve the dashboard (Streamlit) on HOST:PORT; it talks to COPD_API_URL."""
+    try:
+        from ui.launch import run
+    except ImportError:
+        fail("the dashboard is not installed (no ui package)")
+    run(port, host)
+
+
+@app.command()
+def up(host: str = typer.Option("127.0.0.1", help="API bind address."),
+       port: int = typer.Option(8000, help="API port."),
+       ui_port: int = typer.Option(8501, "--ui-port", help="Dashboard port."),
+       no_ui: bool = typer.Option(False, "--no-ui", help="Do not start the dashboard.")) -> None:
+    """Start the API, one worker and the dashboard on this machine; Ctrl-C stops all of them."""
+    from copd.settings import get_settings
+    from copd.stack import Child, child_env, copd_argv, hide_password, port_free, run_stack, ui_entry
+
+    settings = get_settings()
+    for what, p in (("API", port), ("dashboard", None if no_ui else ui_port)):
+        if p is not None and not port_free(host, p):
+            fail(f"{what} port {p} on {host} is in use (another copd up?); choose another with "
+                 f"{'--port' if what == 'API' else '--ui-port'}")
+    if settings.database_url is None:
+        db_upgrade()  # the embedded SQLite file: create or migrate it
+    api_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    logs = settings.data_dir / "logs"
+    children = [Child("api", copd_argv("api", "--host", host, "--port", str(port)), logs / "api.log"),
+                Child("worker", copd_argv("worker"), logs / "worker.log")]
+    with_ui = not no_ui and ui_entry() is not None
+    if with_ui:
+        children.append(Child("ui", copd_argv("ui", "--host", host, "--port", str(ui_port)), logs / "ui.log"))
+
+    def banner() -> None:
+        token = "COPD_API_TOKEN" if settings.api_token else str(settings.token_file)
+        broker = (hide_password(settings.broker_url) if settings.broker_url
+                  else f"embedded, {settings.data_dir / 'broker'}")
+        dashboard = f"http://127.0.0.1:{ui_port}" if with_ui else ("off (--no-ui)" if no_ui else "not installed yet")
+        typer.echo("\n".join([
+            "copd is up:",
+            f"  API        {api_url}   (OpenAPI docs: {api_url}/docs)",
+            f"  dashboard  {dashboard}",
+            f"  worker     1, broker {broker}",
+            f"  token      {token}",
+            f"  data       {settings.data_dir}   (logs in {logs})",
+            "Next: copd runs create examples/copd-tiny.yaml   then   copd runs watch <id>",
+            "Ctrl-C stops everything.",
+        ]))
+
+    raise typer.Exit(run_stack(children, child_env(api_url), api_url, banner))
+
+
+# ---- runs and knobs over the API -------------------------------------------------------------------
+
+def _api():
+    from copd.client import ApiError, Client
+
+    try:
+        return Client.from_settings()
+    except ApiError as err:
+        fail(err.detail)
+
+
+def _call(fn, *args, **kwargs):
+    """An API call; ApiError becomes one line on stderr and exit 1."""
+    from copd.client import ApiError
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as err:
+        fail(f"API {err.status}: {err.detail}" if err.status else err.detail, code=1)
+
+
+@runs_app.command("create")
+def runs_create(spec: Path = typer.Argument(..., help="Run spec, YAML or JSON."),
+                draft: bool = typer.Option(False, "--draft", help="Create it without starting it."),
+                watch: bool = typer.Option(False, "--watch", "-w", help="Then watch it until it ends.")) -> None:
+    """Create a run from SPEC on the API and start it (workers pick it up)."""
+    from trainer.spec import SpecError, load_spec
+
+    try:
+        run_spec = load_spec(spec)
+    except SpecError as err:
+        fail(str(err))
+    with _api() as api:
+        run = _call(api.create_run, run_spec)
+        if not draft:
+            run = _call(api.start, run.id)
+        typer.echo(f"run {run.id} '{run.name}' {run.status}; watch it with: copd runs watch {run.id}")
+        if watch:
+            _watch(api, run.id)
+
+
+@runs_app.command("list")
+def runs_list(status: Optional[list[str]] = typer.Option(None, "--status", "-s",
+                                                        help="Only runs in this state (repeatable)."),
+              limit: int = typer.Option(20, help="At most this many, newest first.")) -> None:
+    """Runs on the API, newest first."""
+    with _api() as api:
+        page = _call(api.list_runs, status=status, limit=limit)
+    for r in page.items:
+        typer.echo(f"{r.id:>5}  {r.name:<24} {r.status:<10} {r.strategy:<10} cycle {r.cycle}/{r.schedule.cycles}"
+                   f"  {r.progress * 100:5.1f}%  {r.created_at:%Y-%m-%d %H:%M}")
+    typer.echo(f"{len(page.items)} of {page.total} runs", err=True)
+
+
+@runs_app.command("watch")
+def runs_watch(run_id: int = typer.Argument(..., help="Run id.")) -> None:
+    """A live progress bar of the run and its events, until it completes (exit 0) or stops (exit 1)."""
+    with _api() as api:
+        _watch(api, run_id)
+
+
+def _watch(api, run_id: int) -> None:
+    from rich.console import Console
+
+    from copd.watch import watch_run
+
+    try:
+        run = _call(watch_run, api, run_id, Console(stderr=True))
+    except KeyboardInterrupt:
+        typer.echo(f"stopped watching; run {run_id} goes on", err=True)
+        raise typer.Exit(130) from None
+    if run.status != "completed":
+        hint = f"; continue it with: copd runs resume {run_id}" if run.status == "crashed" else ""
+        fail(f"run {run_id} is {run.status}{hint}", code=1)
+    typer.echo(f"run {run_id} completed")
+
+
+def _lifecycle(verb: str):
+    def command(run_id: int = typer.Argument(..., help="Run id.")) -> None:
+        with _api() as api:
+            run = _call(api.action, run_id, verb)
+        typer.echo(f"run {run.id} is {run.status}")
+
+    command.__doc__ = {"start": "Start a draft run.", "pause": "Pause: no new unit starts; the current ones finish.",
+                       "resume": "Resume a paused or crashed run from its last completed unit.",
+                       "cancel": "Cancel: units stop at their next step boundary."}[verb]
+    return command
+
+
+for _verb in ("start", "pause", "resume", "cancel"):
+    runs_app.command(_verb)(_lifecycle(_verb))
+
+
+def parse_knob_assignments(items: list[str]) -> dict:
+    """`beta=0.5 beta.text=0.2 teacher_weights.text.image=0 rl_steps=4` → the knob changes mapping."""
+    import json
+
+    changes: dict = {}
+    for item in items:
+        path, sep, raw = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"'{item}': expected KNOB=VALUE (e.g. beta=0.5 or beta.text=0.5)")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        keys = path.split(".")
+        node = changes
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"'{item}': {k} is set to a value and to a map")
+        node[keys[-1]] = value
+    return changes
+
+
+@knobs_app.command("set")
+def knobs_set(run_id: int = typer.Argument(..., help="Run id."),
+              assignments: list[str] = typer.Argument(
+                  ..., help="KNOB=VALUE ...: beta=0.5, beta.text=0.5, rl_steps=4, opd_steps=2, lr=1e-4, "
+                            "teacher_weights.text.image=0")) -> None:
+    """Change OPD mixing of a run; workers apply it at the next step boundary and report the version."""
+    try:
+        changes = parse_knob_assignments(assignments)
+    except ValueError as err:
+        fail(str(err))
+    with _api() as api:
+        knobs = _call(api.set_knobs, run_id, changes)
+    typer.echo(f"run {run_id} knobs version {knobs.version}: "
+               + " ".join(f"{k}={v}" for k, v in changes.items()) + " (applied at the next step boundary)")
+
+
+@knobs_app.command("show")
+def knobs_show(run_id: int = typer.Argument(..., help="Run id.")) -> None:
+    """Current knob values and every version, with where a worker applied it."""
+    import json
+
+    with _api() as api:
+        knobs = _call(api.get_knobs, run_id)
+    typer.echo(f"version {knobs.version}: {json.dumps(knobs.values)}")
+    for h in knobs.history[1:]:
+        applied = f"applied at cycle {h.applied.cycle} step {h.applied.step}" if h.applied else "not applied yet"
+        typer.echo(f"  v{h.version} by {h.author}: {json.dumps(h.changes)} — {applied}")
 
 
 def _run_or_fail(fn) -> None:

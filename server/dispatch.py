@@ -20,6 +20,10 @@ class Dispatcher(Protocol):
 TASK_QUEUES: dict[str, Any] = {"task_default_queue": "light", "task_routes": {"copd.run_unit": {"queue": "gpu"}}}
 
 
+# kombu's filesystem transport with atomic writes and claims (see copd/fsbroker.py for the race it fixes).
+EMBEDDED_TRANSPORT = "copd.fsbroker:Transport"
+
+
 def broker_config(settings: Settings) -> dict[str, Any]:
     """Celery broker settings for server and workers alike.
 
@@ -36,6 +40,7 @@ def broker_config(settings: Settings) -> dict[str, Any]:
         p.mkdir(parents=True, exist_ok=True)
     return {
         "broker_url": "filesystem://",
+        "broker_transport": EMBEDDED_TRANSPORT,
         "broker_transport_options": {
             "data_folder_in": str(folders["queue"]),
             "data_folder_out": str(folders["queue"]),

@@ -1,0 +1,147 @@
+"""A run's folder as the workers' shared memory: which units are done, who runs a unit, which phase was sent.
+
+Everything here is a file under `<data_dir>/runs/<run_id>/` (a shared folder in labs):
+  - `units/<unit>.done`     — written atomically when a unit finished (JSON summary); the join decides the
+                              next phase from these alone, so it is idempotent and survives any crash;
+  - `units/<unit>.lock`     — an flock held while a worker runs the unit; the kernel drops it when the
+                              process dies (SIGKILL too), so a second delivery waits for a live holder and
+                              takes over from a dead one;
+  - `units/<phase>.sent`    — the join that dispatched a phase, so a duplicate join sends nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.schedule import Unit, plan
+from trainer.spec import RunSpec
+
+
+@dataclass(frozen=True)
+class Phase:
+    """The units of one chord: the experts of (cycle, rl|opd), or one eval or merge unit."""
+
+    id: str            # `c1/rl`, `c1/opd`, `c1/eval`, `c0/eval`, `final/merge`
+    cycle: int
+    kind: str
+    units: tuple[Unit, ...]
+
+
+def phases(spec: RunSpec) -> list[Phase]:
+    """The run's plan (trainer.schedule.plan) cut into phases, in order."""
+    out: list[Phase] = []
+    for unit in plan(spec):
+        pid = unit.id if unit.expert is None else f"c{unit.cycle}/{unit.kind}"
+        if out and out[-1].id == pid:
+            out[-1] = Phase(pid, unit.cycle, unit.kind, out[-1].units + (unit,))
+        else:
+            out.append(Phase(pid, unit.cycle, unit.kind, (unit,)))
+    return out
+
+
+def unit_of(spec: RunSpec, unit_id: str) -> Unit:
+    """The plan's unit with this id (so `final/merge` carries the last cycle); ValueError when not planned."""
+    for unit in plan(spec):
+        if unit.id == unit_id:
+            return unit
+    raise ValueError(f"unit '{unit_id}' is not in the run's plan")
+
+
+def unit_weight(spec: RunSpec, unit: Unit) -> int:
+    """Share of the run a unit stands for in the progress bar: one per training step, one per eval or merge."""
+    return {"rl": spec.schedule.rl_steps, "opd": spec.schedule.opd_steps}.get(unit.kind, 1)
+
+
+def _name(unit_or_phase_id: str) -> str:
+    return unit_or_phase_id.replace("/", "_")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write, fsync and rename into place: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """The marker files of one run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.units_dir = self.root / "units"
+
+    # ---- done markers ----------------------------------------------------------------------------
+    def is_done(self, unit_id: str) -> bool:
+        return (self.units_dir / f"{_name(unit_id)}.done").exists()
+
+    def mark_done(self, unit_id: str, summary: dict[str, Any]) -> None:
+        write_atomic(self.units_dir / f"{_name(unit_id)}.done", json.dumps({"unit": unit_id, **summary}, default=str))
+
+    def done(self, spec: RunSpec) -> set[str]:
+        return {u.id for u in plan(spec) if self.is_done(u.id)}
+
+    def next_phase(self, spec: RunSpec) -> Phase | None:
+        """The first phase with a unit not done; None when the whole run is done."""
+        return next((p for p in phases(spec) if not all(self.is_done(u.id) for u in p.units)), None)
+
+    def phase_done(self, spec: RunSpec, phase_id: str) -> bool:
+        phase = next((p for p in phases(spec) if p.id == phase_id), None)
+        return phase is not None and all(self.is_done(u.id) for u in phase.units)
+
+    # ---- dispatch claims -------------------------------------------------------------------------
+    def claim(self, phase_id: str, by: str, *, force: bool = False) -> bool:
+        """Record that `by` dispatches `phase_id`; False when someone already did (unless `force`)."""
+        path = self.units_dir / f"{_name(phase_id)}.sent"
+        self.units_dir.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"phase": phase_id, "by": by, "time": time.time()})
+        if force:
+            write_atomic(path, body)
+            return True
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+        return True
+
+    # ---- unit locks ------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, unit_id: str, *, wait: Callable[[], bool], poll_s: float = 1.0) -> Iterator[None]:
+        """Hold the unit's lock; while another live process holds it, call `wait()` every `poll_s` seconds
+        (it returns False to give up, which raises LockAbandoned)."""
+        self.units_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.units_dir / f"{_name(unit_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as err:
+                    if err.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                if not wait():
+                    raise LockAbandoned(unit_id)
+                time.sleep(poll_s)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor drops the flock
+
+
+class LockAbandoned(Exception):
+    """Gave up waiting for another worker's lock on a unit."""

@@ -1,0 +1,120 @@
+"""One unit, start to end: skip what is done, hold the unit's lock, run it through trainer/, mark it done."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import asdict, is_dataclass
+from typing import Any, Callable
+
+from copd.client import ApiError, Client
+from trainer.schedule import Unit, plan
+from worker.config import WorkerSettings
+from worker.reporting import Heartbeats, RestReporter, api_cycle, heartbeat_unit
+from worker.runfolder import LockAbandoned, RunFolder, unit_of, unit_weight
+from worker.runs import ACTIVE, context_for, run_root, spec_of
+
+log = logging.getLogger("copd.worker")
+
+_applied: dict[int, set[int]] = {}  # run → knob versions this process reported as applied
+
+
+class Requeue(Exception):
+    """The worker is shutting down mid-unit: put the unit's message back (it runs again from its input)."""
+
+
+def execute_unit(api: Client, run_id: int, unit_id: str, *, worker: str, cfg: WorkerSettings,
+                 shutting_down: Callable[[], bool]) -> dict[str, Any]:
+    """Run `unit_id` of `run_id` unless it is done or the run stopped; returns a small JSON summary."""
+    run = api.get_run(run_id)
+    folder = RunFolder(run_root(run_id))
+    if folder.is_done(unit_id):
+        return {"unit": unit_id, "skipped": "done"}
+    if run.status not in ACTIVE:  # paused: the unit boundary is here; cancelled, crashed, over: nothing to do
+        return {"unit": unit_id, "skipped": run.status}
+    spec = spec_of(run)
+
+    def keep_waiting() -> bool:  # another live worker runs this unit: wait for it, as a chord member must
+        if shutting_down():
+            raise Requeue(unit_id)
+        return not folder.is_done(unit_id) and api.get_run(run_id).status in ACTIVE
+
+    try:
+        with folder.lock(unit_id, wait=keep_waiting, poll_s=2.0):
+            if folder.is_done(unit_id):
+                return {"unit": unit_id, "skipped": "done"}
+            return _run_locked(api, run_id, spec, unit_of(spec, unit_id), folder, worker, cfg, shutting_down)
+    except LockAbandoned:
+        return {"unit": unit_id, "skipped": "done" if folder.is_done(unit_id) else api.get_run(run_id).status}
+
+
+def _run_locked(api, run_id, spec, unit: Unit, folder: RunFolder, worker: str, cfg: WorkerSettings,
+                shutting_down) -> dict[str, Any]:
+    from trainer.units import Cancelled, run_unit
+
+    cycles = spec.schedule.cycles
+    units = plan(spec)
+    total = sum(unit_weight(spec, u) for u in units) or 1
+    before = sum(unit_weight(spec, u) for u in units if folder.is_done(u.id)) / total
+    with Heartbeats(api, run_id, heartbeat_unit(unit, cycles), worker, cfg.heartbeat_interval_s) as hb:
+        ctx = context_for(run_id, spec, log_fn=_run_log(api, run_id))  # e.g. building the tiny base model
+        reporter = RestReporter(api, run_id, unit, cycles=cycles, applied=_applied.setdefault(run_id, set()),
+                                progress_span=(before, unit_weight(spec, unit) / total),
+                                stop_check_s=cfg.stop_check_s, step_delay_s=cfg.step_delay_s,
+                                shutting_down=shutting_down, heartbeats=hb)
+        _expert_status(api, run_id, unit, cycles, "running", before)
+        try:
+            result = run_unit(ctx, unit, reporter)
+        except Cancelled:
+            if shutting_down():
+                raise Requeue(unit.id) from None
+            status = api.get_run(run_id).status
+            log.info("run %d unit %s: stopped at a step boundary, the run is %s", run_id, unit.id, status)
+            api.post_event(run_id, f"{unit.id}: stopped at a step boundary (the run is {status})",
+                           level="warning", expert=unit.expert)
+            return {"unit": unit.id, "skipped": status}
+    summary = {"result": asdict(result) if is_dataclass(result) else result, "checkpoints": reporter.checkpoints,
+               "worker": worker}
+    folder.mark_done(unit.id, summary)
+    _expert_status(api, run_id, unit, cycles, "done", before + unit_weight(spec, unit) / total)
+    return {"unit": unit.id, "done": True, "checkpoints": reporter.checkpoints}
+
+
+def _run_log(api: Client, run_id: int) -> Callable[[str], None]:
+    """The trainer's log lines as the run's events (so `copd runs watch` shows a model being built)."""
+    def log_fn(message: str) -> None:
+        log.info("run %d: %s", run_id, message)
+        try:
+            api.post_event(run_id, message)
+        except ApiError as err:
+            log.warning("run %d: event not recorded (%s)", run_id, err)
+    return log_fn
+
+
+def _expert_status(api: Client, run_id: int, unit: Unit, cycles: int, status: str, progress: float) -> None:
+    try:
+        api.report_progress(run_id, cycle=api_cycle(unit, cycles), phase=unit.kind, expert=unit.expert,
+                            unit=heartbeat_unit(unit, cycles) if unit.expert else None,
+                            expert_status=status if unit.expert else None, progress=min(progress, 0.99))
+    except ApiError as err:
+        if err.status != 409:  # 409: the run stopped meanwhile
+            raise
+
+
+def report_failure(api: Client, run_id: int, unit_id: str | None, err: BaseException) -> None:
+    """A unit (or the join, `unit_id` None) raised: an error event with the traceback's tail, the expert
+    marked failed, the run failed."""
+    unit = Unit.parse(unit_id) if unit_id else None
+    tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
+    message = f"{unit_id or 'scheduling'} failed: {type(err).__name__}: {err}"
+    try:
+        if unit is not None and unit.expert:
+            api.report_progress(run_id, cycle=unit.cycle, phase=unit.kind, expert=unit.expert,
+                                unit=unit_id, expert_status="failed")
+    except ApiError:
+        pass
+    try:
+        api.post_event(run_id, f"{message}\n{tail}"[:10_000], level="error", expert=unit.expert if unit else None)
+        api.report_status(run_id, "failed", message=message[:4000])
+    except ApiError as api_err:
+        log.error("run %d: could not report the failure of %s (%s)", run_id, unit_id, api_err)
