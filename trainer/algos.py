@@ -5,18 +5,24 @@ Shapes: N = sequences (prompts × samples), T = completion tokens, V = vocabular
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 
-class LossStats(NamedTuple):
-    """Diagnostics of one policy-loss evaluation (floats, detached)."""
+class LossStats(dict):
+    """Diagnostics of one policy-loss evaluation (floats, detached); keys also readable as attributes.
 
-    clip_frac: float      # share of unmasked tokens whose ratio was clipped
-    ratio_mean: float     # mean importance ratio over unmasked tokens
-    adv_mean: float       # mean advantage over unmasked tokens
+    clip_frac: share of unmasked tokens whose ratio was clipped; ratio_mean: mean importance ratio;
+    adv_mean: mean advantage (all over unmasked tokens).
+    """
+
+    def __getattr__(self, name: str) -> float:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def grpo_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
@@ -25,6 +31,7 @@ def grpo_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tens
     rewards: [N] with N = prompts × group_size, each group consecutive. Returns [N].
     std is the unbiased sample std (as in the GRPO paper and TRL).
     """
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be 1-D with a length divisible by group_size={group_size}")
     r = rewards.float().view(-1, group_size)                     # [P, G]
@@ -66,11 +73,9 @@ def policy_loss(
     loss = per_seq.mean()
     with torch.no_grad():
         was_clipped = ((ratio * adv) > (clipped * adv)).float()  # min picked the clipped branch
-        stats = LossStats(
-            clip_frac=float(masked_mean(was_clipped, mask)),
-            ratio_mean=float(masked_mean(ratio, mask)),
-            adv_mean=float(masked_mean(adv, mask)),
-        )
+        clip_frac = float(masked_mean(was_clipped, mask))
+        stats = LossStats(clip_frac=clip_frac, clip_fraction=clip_frac,
+                          ratio_mean=float(masked_mean(ratio, mask)), adv_mean=float(masked_mean(adv, mask)))
     return loss, stats
 
 

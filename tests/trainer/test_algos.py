@@ -21,6 +21,10 @@ def test_grpo_advantages_one_right_of_four():
     assert adv.tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5])
 
 
+def test_grpo_advantages_accepts_a_list():
+    assert grpo_advantages([1.0, 0.0], group_size=2).tolist() == pytest.approx([0.70711, -0.70711], abs=1e-4)
+
+
 def test_grpo_advantages_equal_group_gets_zero():
     adv = grpo_advantages(torch.tensor([1.0, 1.0, 0.0, 0.0, 0.3, 0.3]), group_size=2)
     assert adv.tolist() == [0.0] * 6
@@ -40,7 +44,7 @@ def test_policy_loss_positive_advantage_clips_high():
     logp, old = _ratios(1.5, 0.5), torch.zeros(1, 2)
     loss, stats = policy_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 2))
     assert loss.item() == pytest.approx(-(1.28 + 0.5) / 2)
-    assert stats.clip_frac == pytest.approx(0.5)
+    assert stats.clip_frac == pytest.approx(0.5) and stats["clip_frac"] == stats.clip_frac
     assert stats.ratio_mean == pytest.approx(1.0)
 
 
