@@ -16,9 +16,11 @@ from server import rules
 from server.errors import Conflict, Invalid, NotFound, invalid_from
 from server.models import Checkpoint, Event, Expert, Heartbeat, KnobVersion, Metric, Run, Token, utcnow
 from server.schemas import CheckpointCreate, MetricPointIn, MetricPointOut, ProgressReport, Series
-from trainer.spec import RunSpec, knobs_from_spec, validate_knob_changes
+from trainer.spec import RESERVED_EXPERT_NAMES, RunSpec, knobs_from_spec, validate_knob_changes
 
-SERIES_EXTRA = ("merged", "base")  # series owners besides the experts
+# Series and checkpoint owners besides the experts: the merged model, the base, and the trainer's other
+# reserved policies (e.g. a baseline's single mixed policy or distilled student).
+SERIES_EXTRA = tuple(dict.fromkeys(("merged", "base", *RESERVED_EXPERT_NAMES)))
 CHUNK = 5_000  # rows per executemany: bounded memory, well under SQLite's variable limit
 
 
@@ -294,7 +296,7 @@ def _bucket_extremes(session: Session, params: dict[str, Any]) -> list[tuple[int
 def register_checkpoint(session: Session, *, run_id: int, body: CheckpointCreate) -> tuple[Checkpoint, bool]:
     """Record a checkpoint; the same (expert, cycle, step) again updates it. Returns (checkpoint, created)."""
     run = get_run(session, run_id=run_id)
-    if body.expert not in {e.name for e in run.experts} | {"merged"}:
+    if body.expert not in {e.name for e in run.experts} | set(SERIES_EXTRA):
         raise Invalid(f"expert: run {run_id} has no expert '{body.expert}'")
     fields = body.model_dump()
     ckpt = session.scalar(select(Checkpoint).where(
