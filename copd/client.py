@@ -230,8 +230,8 @@ class Client:
         return RunPublic.model_validate(self._call("POST", f"/runs/{run_id}/progress", json=_clean(body),
                                                    idempotent=True))
 
-    def heartbeat(self, run_id: int, unit: str, worker: str) -> HeartbeatPublic:
-        body = {"unit": unit, "worker": worker}
+    def heartbeat(self, run_id: int, unit: str, worker: str, *, done: bool = False) -> HeartbeatPublic:
+        body = {"unit": unit, "worker": worker, "done": done}
         return HeartbeatPublic.model_validate(self._call("POST", f"/runs/{run_id}/heartbeats", json=body,
                                                          idempotent=True))
 

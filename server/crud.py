@@ -384,11 +384,17 @@ def list_events(session: Session, *, run_id: int, after_id: int, level: str | No
     return _page(session, select(Event).where(*where).order_by(Event.id), limit, 0)
 
 
-def record_heartbeat(session: Session, *, run_id: int, unit: str, worker: str) -> tuple[Heartbeat, str]:
-    """Upsert a unit's heartbeat; returns it with the run's status (409 once the run stopped)."""
+def record_heartbeat(session: Session, *, run_id: int, unit: str, worker: str,
+                     done: bool = False) -> tuple[Heartbeat, str]:
+    """Upsert a unit's heartbeat (a `done` one removes the unit from those in flight); returns it with the
+    run's status (409 once the run stopped)."""
     status = session.scalar(select(Run.status).where(Run.id == run_id))
     if status is None:
         raise NotFound(f"run_id: no run {run_id}")
+    if done:  # accepted in any state: a unit that stopped because the run stopped is no longer in flight
+        session.execute(delete(Heartbeat).where(Heartbeat.run_id == run_id, Heartbeat.unit == unit))
+        session.commit()
+        return Heartbeat(run_id=run_id, unit=unit, worker=worker, last_seen=utcnow()), status
     if status not in rules.REPORTING:
         raise Conflict(f"run {run_id} is {status}; stop the unit")
     stmt = _insert(session)(Heartbeat.__table__).values(run_id=run_id, unit=unit, worker=worker, last_seen=utcnow())
@@ -402,19 +408,18 @@ def record_heartbeat(session: Session, *, run_id: int, unit: str, worker: str) -
 
 
 def silent_runs(session: Session, *, cutoff: datetime) -> list[tuple[int, list[tuple[str, str, datetime]]]]:
-    """Running runs with no sign of life since `cutoff`, each with the units heard from since it started
-    running, most recent first: (run id, [(unit, worker, last seen)])."""
-    last = (select(Heartbeat.run_id, func.max(Heartbeat.last_seen).label("last_seen"))
-            .group_by(Heartbeat.run_id).subquery())
+    """Running runs whose units in flight all went silent before `cutoff`: (run id, [(unit, worker, last
+    seen)], most recent first). Units in flight are those with a heartbeat since the run last started running
+    and no `done` beat since; a run with none in flight is waiting for its next units (in the queue behind
+    other runs' work, say), which is not a crash."""
     rows = session.execute(
-        select(Run.id, Run.status_changed_at).outerjoin(last, last.c.run_id == Run.id)
-        .where(Run.status == "running", Run.status_changed_at < cutoff,
-               (last.c.last_seen.is_(None)) | (last.c.last_seen < cutoff))).all()
+        select(Run.id, Run.status_changed_at).where(Run.status == "running", Run.status_changed_at < cutoff)).all()
     out = []
     for run_id, since in rows:
         units = session.execute(select(Heartbeat.unit, Heartbeat.worker, Heartbeat.last_seen).where(
             Heartbeat.run_id == run_id, Heartbeat.last_seen >= since).order_by(Heartbeat.last_seen.desc())).all()
-        out.append((run_id, [tuple(u) for u in units]))
+        if units and units[0][2] < cutoff:
+            out.append((run_id, [tuple(u) for u in units]))
     return out
 
 

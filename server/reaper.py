@@ -16,19 +16,16 @@ log = logging.getLogger("copd.server")
 
 
 def reap_stale_runs(session: Session, now: datetime, timeout_s: float) -> list[int]:
-    """Crash every running run with no heartbeat (nor status change) for `timeout_s`; returns their ids.
+    """Crash every running run whose units in flight sent no heartbeat for `timeout_s`; returns their ids.
 
-    The event names the silent unit(s): those that sent heartbeats since the run last started running.
+    The event names the silent unit(s): those in flight. A run with no unit in flight is waiting for work.
     """
     crashed = []
     for run_id, units in crud.silent_runs(session, cutoff=now - timedelta(seconds=timeout_s)):
-        if units:
-            unit, worker, last_seen = units[0]
-            others = f" (also silent: {', '.join(u for u, _, _ in units[1:])})" if len(units) > 1 else ""
-            why = (f"no heartbeat from unit {unit} (worker {worker}) for {(now - last_seen).total_seconds():.0f} s"
-                   f"{others}; timeout {timeout_s:g} s")
-        else:
-            why = f"no unit sent a heartbeat within {timeout_s:g} s of the run starting"
+        unit, worker, last_seen = units[0]
+        others = f" (also silent: {', '.join(u for u, _, _ in units[1:])})" if len(units) > 1 else ""
+        why = (f"no heartbeat from unit {unit} (worker {worker}) for {(now - last_seen).total_seconds():.0f} s"
+               f"{others}; timeout {timeout_s:g} s")
         try:
             crud.transition(session, run_id=run_id, rule=rules.CRASH, verb="crashed", by="reaper",
                             message=why, level="error")

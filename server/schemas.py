@@ -122,6 +122,8 @@ class ProgressReport(_In):
 class HeartbeatCreate(_In):
     unit: Unit
     worker: WorkerName
+    done: bool = Field(False, description="The unit finished or stopped: it is no longer in flight, so its "
+                                          "silence no longer means a crash.")
 
 
 class HeartbeatPublic(BaseModel):

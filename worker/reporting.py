@@ -49,7 +49,12 @@ class Heartbeats:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join(timeout=10)
-        self.api.close()
+        try:  # the unit is no longer in flight: its silence from now on is not a crash
+            self.api.heartbeat(self.run_id, self.unit, self.worker, done=True)
+        except ApiError as err:
+            log.warning("last heartbeat of run %d unit %s: %s", self.run_id, self.unit, err)
+        finally:
+            self.api.close()
 
     def _loop(self) -> None:
         while not self._done.is_set():

@@ -28,5 +28,5 @@ def report_progress(run_id: RunId, body: ProgressReport, session: SessionDep, _:
 @api.post("/runs/{run_id}/heartbeats", response_model=HeartbeatPublic)
 def heartbeat(run_id: RunId, body: HeartbeatCreate, session: SessionDep, _: Writer) -> HeartbeatPublic:
     """A unit is alive. The reply carries the run's status; 409 once the run is cancelled or over."""
-    hb, status = crud.record_heartbeat(session, run_id=run_id, unit=body.unit, worker=body.worker)
+    hb, status = crud.record_heartbeat(session, run_id=run_id, unit=body.unit, worker=body.worker, done=body.done)
     return HeartbeatPublic(unit=hb.unit, worker=hb.worker, last_seen=hb.last_seen, run_status=status)

@@ -48,11 +48,19 @@ def test_silent_run_is_crashed_with_an_event_naming_the_unit(api: Api) -> None:
     assert api.act(run_id, "resume").json()["status"] == "queued"
 
 
-def test_run_that_never_sent_a_heartbeat_is_crashed(api: Api) -> None:
-    run_id = api.running_run()["id"]
-    assert _reap(api, TIMEOUT + 5) == [run_id]
-    events = api.client.get(f"/api/v1/runs/{run_id}/events", params={"level": "error"}).json()["items"]
-    assert "no unit sent a heartbeat" in events[0]["message"]
+def test_run_waiting_for_its_units_is_not_crashed(api: Api) -> None:
+    # no unit in flight: never started one, or the last one said it was done (the next waits in the queue)
+    waiting = api.running_run()["id"]
+    finished = api.running_run()["id"]
+    _beat(api, finished, "c1/rl/text")
+    r = api.client.post(f"/api/v1/runs/{finished}/heartbeats", json={"unit": "c1/rl/text", "worker": "host-123",
+                                                                      "done": True})
+    assert r.status_code == 200, r.text
+    assert _reap(api, TIMEOUT + 5) == []
+    assert api.client.get(f"/api/v1/runs/{waiting}").json()["status"] == "running"
+    # a unit that starts and then goes silent is a crash
+    _beat(api, finished, "c1/opd/text")
+    assert _reap(api, TIMEOUT + 5) == [finished]
 
 
 def test_only_running_runs_are_reaped(api: Api) -> None:

@@ -25,6 +25,8 @@ def run_in(api: Api, status: str) -> int:
             from server.models import utcnow
             from server.reaper import reap_stale_runs
 
+            beat = api.client.post(f"/api/v1/runs/{run_id}/heartbeats", json={"unit": "c1/rl/text", "worker": "w"})
+            assert beat.status_code == 200, beat.text  # a unit in flight that then goes silent
             with api.client.app.state.sessions() as s:
                 assert reap_stale_runs(s, utcnow() + timedelta(seconds=100), 10) == [run_id]
             continue

@@ -111,6 +111,7 @@ def test_reaper_loop_runs_in_the_lifespan(backend: str, db_url: str, tmp_path) -
         run_id = c.post("/api/v1/runs", json=SPEC | {"name": "reaped"}).json()["id"]
         c.post(f"/api/v1/runs/{run_id}/start")
         c.post(f"/api/v1/runs/{run_id}/status", json={"status": "running"})
+        c.post(f"/api/v1/runs/{run_id}/heartbeats", json={"unit": "c1/rl/text", "worker": "w"})  # then silence
         deadline = time.monotonic() + 10
         while c.get(f"/api/v1/runs/{run_id}").json()["status"] != "crashed":
             assert time.monotonic() < deadline, "the reaper never ran"
