@@ -309,6 +309,17 @@ def knobs_show(run_id: int = typer.Argument(..., help="Run id.")) -> None:
         typer.echo(f"  v{h.version} by {h.author}: {json.dumps(h.changes)} — {applied}")
 
 
+try:  # bench/ lives in the repository, not in the installed package: `copd bench` works from the repo root
+    from bench.cli import bench as _bench
+
+    app.command("bench")(_bench)
+except ImportError:
+    @app.command("bench")
+    def _bench_elsewhere() -> None:
+        """Benchmarks vs TRL and a bare-torch floor (run from the repository root; see docs/perf.md)."""
+        fail("copd bench runs from the repository root, where bench/ lives (or: python -m bench)")
+
+
 def _run_or_fail(fn) -> None:
     try:
         fn()

@@ -1,7 +1,10 @@
 """Rollout engines: sample completions with per-token logprobs, and score given sequences.
 
-`HFEngine` is the transformers implementation (batched `generate`, left padding, KV cache).
-A vLLM engine comes later behind the same `RolloutEngine` interface.
+`HFEngine` is the transformers implementation (batched sampling, left padding, KV cache). For Qwen2 / Llama
+decoders (`builtin:tiny` and most small HF models) it runs the model's own weights through a lean forward
+(`LeanDecoder`: the same ops, without transformers' per-call machinery) and its own sampling loop with a
+preallocated KV cache: at these sizes the per-op Python overhead, not the FLOPs, sets the step time
+(docs/perf.md). Other architectures go through `generate`. A vLLM engine comes later behind the same interface.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from trainer.algos import token_logprobs
@@ -77,6 +81,25 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
     return enc["input_ids"], enc["attention_mask"]
 
 
+def width_groups(widths: Sequence[int], rows: Sequence[int], *, extra: int = 0, max_waste: float = 0.25) -> list[list[int]]:
+    """Batches (indices) to run together: padding a group to its widest member wastes ≤ max_waste of its tokens.
+
+    widths: tokens per row of each batch (e.g. its longest prompt); rows: rows per batch; extra: tokens every
+    row has on top (e.g. the completion length). Greedy over batches sorted by width.
+    """
+    groups: list[list[int]] = []
+    for i in sorted(range(len(widths)), key=lambda j: widths[j]):
+        if groups:
+            g = groups[-1] + [i]
+            real = sum((widths[j] + extra) * rows[j] for j in g)
+            padded = (max(widths[j] for j in g) + extra) * sum(rows[j] for j in g)
+            if padded - real <= max_waste * padded:
+                groups[-1] = g
+                continue
+        groups.append([i])
+    return groups
+
+
 def completion_mask(completion_ids: Tensor, eos_id: int) -> Tensor:
     """1 up to and including the first EOS of each row (all ones for a row that never stops)."""
     is_eos = completion_ids == eos_id                               # [N, T]
@@ -87,15 +110,141 @@ def completion_mask(completion_ids: Tensor, eos_id: int) -> Tensor:
 def forward_logits(model, batch: TokenBatch) -> Tensor:
     """Logits that predict each completion token: [N, T, V] (one forward over prompt ‖ completion)."""
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
-    # generate() attends to every generated token, EOS padding included; do the same so logprobs match.
+    # the sampler attends to every generated token, EOS padding included; do the same so logprobs match.
     attn = torch.cat([batch.prompt_mask, torch.ones_like(batch.completion_ids)], dim=1)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=False)
     p, t = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    lean = LeanDecoder.of(model)
+    if lean is not None:
+        return lean.forward(ids, attn, position_ids_from_mask(attn), logits_from=p - 1)[:, :t]
+    out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=False)
     return out.logits[:, p - 1: p + t - 1]
 
 
+def _rotate_half(x: Tensor) -> Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+class LeanDecoder:
+    """A Qwen2 / Llama forward over the live parameters of a transformers model, as plain torch ops.
+
+    The math is transformers' own (RMSNorm, RoPE from the model's rotary module, GQA attention through
+    SDPA, SwiGLU); what goes is the per-call machinery around it (mask builders, cache objects, output
+    capturing, deprecation wrappers), which costs more than the matmuls of a small model on CPU.
+    Autograd works through it, so training uses it too. Logits match transformers' to ~1e-6.
+    """
+
+    ARCHS = ("qwen2", "llama")
+    enabled = True  # False sends every model through transformers (the bench's before/after switch)
+
+    def __init__(self, model):
+        self.model = model
+        cfg = model.config
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    @classmethod
+    def of(cls, model) -> "LeanDecoder | None":
+        """The lean forward for this model, or None where it does not apply (other archs, non-fp32 weights,
+        dropout, sliding windows, gradient checkpointing): those go through transformers."""
+        cfg = getattr(model, "config", None)
+        if (not cls.enabled or cfg is None or getattr(cfg, "model_type", "") not in cls.ARCHS or not hasattr(model, "model")
+                or getattr(cfg, "use_sliding_window", False) or getattr(cfg, "hidden_act", "silu") != "silu"
+                or float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0 or getattr(cfg, "mlp_bias", False)
+                or getattr(cfg, "pretraining_tp", 1) != 1 or getattr(model, "is_gradient_checkpointing", False)
+                or model.model.embed_tokens.weight.dtype != torch.float32):
+            return None
+        return cls(model)
+
+    def weights(self) -> list[tuple]:
+        """Per layer: norms, fused q‖k‖v and gate‖up projections (differentiable views of the live parameters)."""
+        out = []
+        for layer in self.model.model.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            qkv_b = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+            out.append((layer.input_layernorm, torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), qkv_b,
+                        a.o_proj, layer.post_attention_layernorm,
+                        torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight, a.scaling))
+        return out
+
+    def _block(self, w: tuple, h: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache, start: int) -> Tensor:
+        """One decoder layer; with a cache, this step's keys/values are written at [start, start + L)."""
+        ln1, qkv_w, qkv_b, o, ln2, gate_up, down, scaling = w
+        n, L, _ = h.shape
+        x = F.rms_norm(h, ln1.weight.shape, ln1.weight, ln1.variance_epsilon)
+        qkv = F.linear(x, qkv_w, qkv_b).view(n, L, -1, self.head_dim).transpose(1, 2)  # [N, H+2KV, L, hd]
+        qk, v = qkv[:, : self.heads + self.kv_heads], qkv[:, self.heads + self.kv_heads:]
+        qk = qk * cos + _rotate_half(qk) * sin                                       # RoPE on q and k at once
+        q, k = qk[:, : self.heads], qk[:, self.heads:]
+        if cache is not None:
+            kc, vc = cache
+            kc[:, :, start: start + L], vc[:, :, start: start + L] = k, v
+            k, v = kc[:, :, : start + L], vc[:, :, : start + L]
+        if L == 1:  # decoding: plain matmuls beat SDPA's CPU kernel here (~140 vs ~200 µs per call measured)
+            qg = q.reshape(n, self.kv_heads, -1, self.head_dim)                        # [N, KV, H/KV, hd]
+            att = ((qg @ k.transpose(-1, -2)) * scaling + mask.view(n, 1, 1, -1)).softmax(-1) @ v
+            att = att.view(n, self.heads, 1, self.head_dim)                          # [N, H, 1, hd]
+        else:
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
+                                                 enable_gqa=self.heads != self.kv_heads)  # [N, H, L, hd]
+        h = h + F.linear(att.transpose(1, 2).reshape(n, L, -1), o.weight, o.bias)
+        x = F.rms_norm(h, ln2.weight.shape, ln2.weight, ln2.variance_epsilon)
+        gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+        return h + F.linear(F.silu(gate) * up, down)
+
+    def forward(self, ids: Tensor, key_mask: Tensor, positions: Tensor, *, logits_from: int = 0,
+                cache: list | None = None, start: int = 0, weights: list | None = None) -> Tensor:
+        """Logits [N, L − logits_from, V] of ids [N, L] at `positions`; key_mask [N, start + L] marks real keys."""
+        m = self.model.model
+        h = F.embedding(ids, m.embed_tokens.weight)                                  # [N, L, D]
+        cos, sin = (x.unsqueeze(1) for x in m.rotary_emb(h, positions))              # [N, 1, L, hd]
+        L = ids.shape[1]
+        keys = key_mask.bool()[:, None, None, :]                                     # [N, 1, 1, S]
+        if L > 1:  # causal within the new tokens; a query with no real key (left padding) sees itself, not NaN
+            q_at = torch.arange(start, start + L, device=ids.device)[:, None]
+            k_at = torch.arange(start + L, device=ids.device)[None, :]
+            keys = (keys & (k_at <= q_at)) | (k_at == q_at)                          # [N, 1, L, S]
+        mask = h.new_zeros(keys.shape).masked_fill_(~keys, float("-inf"))            # additive, built once
+        for i, w in enumerate(weights or self.weights()):
+            h = self._block(w, h, cos, sin, mask, cache[i] if cache is not None else None, start)
+        h = F.rms_norm(h[:, logits_from:], m.norm.weight.shape, m.norm.weight, m.norm.variance_epsilon)
+        head = self.model.lm_head
+        return F.linear(h, head.weight, head.bias)
+
+    @torch.no_grad()
+    def sample(self, ids: Tensor, mask: Tensor, *, max_new_tokens: int, temperature: float, greedy: bool,
+               eos_id: int, pad_id: int) -> tuple[Tensor, Tensor]:
+        """Completions [N, T] and their log π at `temperature` [N, T], as `generate` would sample them.
+
+        T stops early when every row has emitted EOS; after its EOS a row gets pad tokens.
+        """
+        n, p = ids.shape
+        ref = self.model.model.embed_tokens.weight
+        shape = (n, self.kv_heads, p + max_new_tokens, self.head_dim)
+        cache = [(ref.new_empty(shape), ref.new_empty(shape)) for _ in self.model.model.layers]
+        keys = torch.cat([mask, mask.new_ones(n, max_new_tokens)], dim=1)             # [N, P + T]
+        pos = position_ids_from_mask(mask)
+        next_pos = pos[:, -1:] + 1
+        weights = self.weights()  # fused once per call: the parameters do not move while sampling
+        logits = self.forward(ids, mask, pos, logits_from=p - 1, cache=cache, weights=weights)[:, -1]  # [N, V]
+        alive = torch.ones(n, dtype=torch.bool, device=ids.device)
+        toks, logps = [], []
+        for t in range(max_new_tokens):
+            logp = (logits.float() / (1.0 if greedy else temperature)).log_softmax(-1)  # [N, V]
+            tok = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1).squeeze(1)
+            tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
+            toks.append(tok)
+            logps.append(logp.gather(-1, tok[:, None]).squeeze(1))
+            alive &= tok != eos_id
+            if t + 1 == max_new_tokens or not bool(alive.any()):
+                break
+            logits = self.forward(tok[:, None], keys[:, : p + t + 1], next_pos + t, cache=cache, start=p + t,
+                                  weights=weights)[:, -1]
+        return torch.stack(toks, 1), torch.stack(logps, 1)
+
+
 class HFEngine:
-    """Rollouts with transformers `generate` on the model object itself (weights always in sync)."""
+    """Rollouts on the model object itself (weights always in sync): `LeanDecoder` where it applies, else `generate`."""
 
     def __init__(self, model, tokenizer):
         self.model = model
@@ -108,6 +257,44 @@ class HFEngine:
                greedy: bool = False) -> Rollout:
         ids, mask = encode_prompts(self.tokenizer, prompts)
         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)      # [N, P], N = len·n
+        lean = LeanDecoder.of(self.model)
+        if lean is not None:
+            comp, logp = lean.sample(ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                                     greedy=greedy, eos_id=self.eos_id, pad_id=self.pad_id)   # [N, T] each
+        else:
+            comp, logp = self._generate(ids, mask, temperature, max_new_tokens, greedy)
+        cmask = completion_mask(comp, self.eos_id)
+        logp = logp * cmask
+        texts = self.tokenizer.batch_decode(comp * cmask + self.pad_id * (1 - cmask), skip_special_tokens=True)
+        return Rollout(TokenBatch(ids, mask, comp, cmask), logp, texts,
+                       [i for i in range(len(prompts)) for _ in range(n)])
+
+    def sample_many(self, requests: Sequence[tuple[Sequence[str], int]], *, temperature: float,
+                    max_new_tokens: int) -> list[Rollout]:
+        """Several `sample(prompts, n)` calls as ONE batched decode; one Rollout per (prompts, n) request.
+
+        A decode step costs nearly the same for 16 rows as for 96 on CPU, so a Phase II step's batches are
+        cheaper sampled together; but only requests of similar prompt length share a loop (`width_groups`),
+        since padding short prompts to long ones costs more than the loop it saves. Rows of one loop share
+        the prompt and completion widths (extra columns are masked padding).
+        """
+        widths = [int(encode_prompts(self.tokenizer, prompts)[1].sum(1).max()) for prompts, _ in requests]
+        out: list[Rollout | None] = [None] * len(requests)
+        for group in width_groups(widths, [len(p) * n for p, n in requests], extra=max_new_tokens):
+            flat = [p for g in group for p in requests[g][0] for _ in range(requests[g][1])]
+            roll = self.sample(flat, 1, temperature=temperature, max_new_tokens=max_new_tokens)
+            row = 0
+            for g in group:
+                prompts, n = requests[g]
+                rows = torch.arange(row, row + len(prompts) * n)
+                out[g] = Rollout(roll.tokens.select(rows), roll.logp[rows], roll.texts[row: row + len(rows)],
+                                 [i for i in range(len(prompts)) for _ in range(n)])
+                row += len(rows)
+        return out
+
+    def _generate(self, ids: Tensor, mask: Tensor, temperature: float, max_new_tokens: int,
+                  greedy: bool) -> tuple[Tensor, Tensor]:
+        """transformers `generate` (any architecture): completions [N, T] and their logprobs [N, T]."""
         was_training = self.model.training
         self.model.eval()
         kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
@@ -117,12 +304,8 @@ class HFEngine:
             return_dict_in_generate=True, output_logits=True, **kwargs)
         self.model.train(was_training)
         comp = out.sequences[:, ids.shape[1]:]                                      # [N, T]
-        cmask = completion_mask(comp, self.eos_id)
         logits = torch.stack(out.logits, dim=1)                                     # [N, T, V] raw
-        logp = token_logprobs(logits, comp, 1.0 if greedy else temperature) * cmask
-        texts = self.tokenizer.batch_decode(comp * cmask + self.pad_id * (1 - cmask), skip_special_tokens=True)
-        return Rollout(TokenBatch(ids, mask, comp, cmask), logp, texts,
-                       [i for i in range(len(prompts)) for _ in range(n)])
+        return comp, token_logprobs(logits, comp, 1.0 if greedy else temperature)
 
     @torch.no_grad()
     def logprobs(self, batch: TokenBatch, *, temperature: float = 1.0) -> Tensor:

@@ -1,0 +1,87 @@
+"""TRL's GRPOTrainer as a bench side (trl is a bench-only extra; `available()` says whether it imports).
+
+A TRL step here is what its Trainer loop does per optimizer step with steps_per_generation = 1 and
+num_iterations = 1 (so no extra old-logprob forward, matching copd's use of the sampler's logprobs):
+`_prepare_inputs` (generate, reward, advantages) → `training_step` (forward, loss, backward) → clip → AdamW.
+The Trainer's logging and callbacks are left out, which can only flatter TRL.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from bench.common import NATIVE, Sizes, Step, Workload
+from bench.sides import LR, prompt_stream
+
+
+def available() -> str | None:
+    """The trl version, or None when trl is not installed."""
+    try:
+        import trl
+    except ImportError:
+        return None
+    return trl.__version__
+
+
+def grpo_trainer(wl: Workload, sizes: Sizes, generation_rows: int | None = None):
+    """A GRPOTrainer on a fresh copy of the workload's model: fp32, CPU, no vLLM, no KL, same clip range."""
+    os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    by_prompt = {s.prompt: s for s in wl.domains[NATIVE].train}
+    dom = wl.domains[NATIVE]
+
+    def reward(prompts, completions, **_: Any) -> list[float]:
+        return [dom.score(c, by_prompt[p]) for p, c in zip(prompts, completions)]
+
+    rows = generation_rows or sizes.prompts * sizes.group
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="copd-bench-trl-"), use_cpu=True, bf16=False, fp16=False, use_vllm=False,
+        per_device_train_batch_size=rows, num_generations=sizes.group, steps_per_generation=1,
+        gradient_accumulation_steps=1, num_iterations=1, max_completion_length=sizes.max_new_tokens,
+        temperature=1.0, top_k=0, top_p=1.0, beta=0.0, epsilon=0.2, epsilon_high=0.28, learning_rate=LR,
+        weight_decay=0.0, max_grad_norm=1.0, loss_type="grpo", scale_rewards="group", shuffle_dataset=False,
+        report_to=[], logging_steps=10**9, save_strategy="no", disable_tqdm=True, seed=0,
+    )
+    data = Dataset.from_list([{"prompt": s.prompt} for s in wl.domains[NATIVE].train[:256]])
+    trainer = GRPOTrainer(model=wl.model(), reward_funcs=[reward], args=args, train_dataset=data,
+                          processing_class=wl.tokenizer)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train's loop, which we step by hand
+    return trainer
+
+
+def trl_grpo_step(wl: Workload, sizes: Sizes) -> Step:
+    """One TRL GRPO step on the same prompts, group size and completion cap as copd's."""
+    trainer = grpo_trainer(wl, sizes)
+    model, opt = trainer.model, trainer.optimizer
+    stream = prompt_stream(wl, NATIVE, sizes.prompts)
+
+    def step() -> int:
+        batch = [{"prompt": s.prompt} for s in next(stream) for _ in range(sizes.group)]
+        model.train()
+        trainer.training_step(model, batch, None)  # calls _prepare_inputs: generate, reward, advantages
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return int(trainer._buffered_inputs[0]["completion_mask"].sum())
+    return step
+
+
+def trl_rollout(wl: Workload, sizes: Sizes) -> Step:
+    """TRL's transformers generation path (`GRPOTrainer._generate`) on rollout_prompts × rollout_samples rows."""
+    trainer = grpo_trainer(wl, sizes, sizes.rollout_prompts * sizes.rollout_samples)
+    trainer.model.eval()
+    stream = prompt_stream(wl, NATIVE, sizes.rollout_prompts)
+
+    def step() -> int:
+        prompts = [s.prompt for s in next(stream) for _ in range(sizes.rollout_samples)]
+        with torch.no_grad():
+            completion_ids = trainer._generate(prompts)[1]
+        return sum(len(c) for c in completion_ids)
+    return step
