@@ -310,6 +310,8 @@ def knobs_show(run_id: int = typer.Argument(..., help="Run id.")) -> None:
 
 
 try:  # bench/ lives in the repository, not in the installed package: `copd bench` works from the repo root
+    if (Path.cwd() / "bench" / "cli.py").is_file() and str(Path.cwd()) not in sys.path:
+        sys.path.append(str(Path.cwd()))  # appended: installed packages still win over same-named folders
     from bench.cli import bench as _bench
 
     app.command("bench")(_bench)
