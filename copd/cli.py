@@ -309,6 +309,14 @@ def knobs_show(run_id: int = typer.Argument(..., help="Run id.")) -> None:
         typer.echo(f"  v{h.version} by {h.author}: {json.dumps(h.changes)} — {applied}")
 
 
+def _register_compare() -> None:
+    from copd.compare import compare_command  # torch-free at import; trains only when called
+
+    app.command("compare")(compare_command)
+
+
+_register_compare()
+
 try:  # bench/ lives in the repository, not in the installed package: `copd bench` works from the repo root
     if (Path.cwd() / "bench" / "cli.py").is_file() and str(Path.cwd()) not in sys.path:
         sys.path.append(str(Path.cwd()))  # appended: installed packages still win over same-named folders

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 STRATEGIES = ("copd", "independent", "independent_merge", "mixed_rlvr", "static_opd", "mopd")
 VERIFIERS = ("exact", "numeric", "choice", "regex", "math")
-RESERVED_EXPERT_NAMES = ("merged", "base")
+RESERVED_EXPERT_NAMES = ("merged", "base", "mixed", "student")
 # An expert name becomes a folder name, a metric key part and a URL segment: keep it plain.
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
@@ -96,6 +96,28 @@ class OpdSpec(_Model):
     beta: float = Field(1.0, ge=0.0, le=1e6, description="Scale of the OPD token advantage β·(log π_teacher − log π_student).")
     prompts_per_step: int = Field(8, ge=1, le=100_000, description="Teacher-domain prompts per teacher per step.")
     samples_per_prompt: int = Field(4, ge=1, le=1024, description="Student samples per teacher-domain prompt.")
+    teacher_weights: dict[str, dict[str, float]] | None = Field(
+        None, description="Initial student → teacher → weight (the knob's version 0); weight 0 drops a direction. "
+                          "null = every teacher of the topology at weight 1.")
+
+
+class MixedSpec(_Model):
+    """`mixed_rlvr`: one policy, GRPO on the pooled domains."""
+
+    weights: dict[str, float] | None = Field(
+        None, description="Expert (its domain) → share of each step's prompts; null = equal mix. Normalised to sum 1.")
+
+
+class DistillSpec(_Model):
+    """`static_opd` / `mopd`: after the independent experts, on-policy distillation into one student."""
+
+    steps: int | None = Field(None, ge=0, le=1_000_000,
+                              description="Distillation steps; null = one expert's budget, cycles × (rl_steps + opd_steps).")
+    teacher: str | None = Field(None, description="static_opd: the fixed teacher expert; null = every expert but the student.")
+    student: str | None = Field(None, description="static_opd: the expert whose final weights start the student "
+                                                  "(null = the first expert); mopd: null = the base model.")
+    alpha: float = Field(1.0, ge=0.0, le=1e6, description="Weight of the student's native GRPO loss next to the OPD loss "
+                                                          "(static_opd: the student's domain; mopd: every domain).")
 
 
 class MergeSpec(_Model):
@@ -167,6 +189,8 @@ class RunSpec(_Model):
     opd: OpdSpec = Field(default_factory=OpdSpec)
     merge: MergeSpec = Field(default_factory=MergeSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    mixed: MixedSpec = Field(default_factory=MixedSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
     tiny: TinyModelSpec = Field(default_factory=TinyModelSpec)
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
@@ -195,7 +219,64 @@ class RunSpec(_Model):
                 raise ValueError(f"merge.weights: unknown expert(s) {', '.join(unknown)}")
         if self.strategy == "copd" and len(names) < 2:
             raise ValueError("experts: strategy copd needs at least 2 experts")
+        self._check_baseline_fields(names)
         return self
+
+    def _check_baseline_fields(self, names: list[str]) -> None:
+        """Expert names in opd.teacher_weights, mixed.weights and distill name real experts."""
+        for s, row in (self.opd.teacher_weights or {}).items():
+            if s not in names:
+                raise ValueError(f"opd.teacher_weights.{s}: unknown expert (experts: {', '.join(names)})")
+            for t, w in row.items():
+                if t not in names or t == s:
+                    raise ValueError(f"opd.teacher_weights.{s}.{t}: must be another expert")
+                if not (w >= 0 and math.isfinite(w)):
+                    raise ValueError(f"opd.teacher_weights.{s}.{t}: must be a number >= 0")
+        if self.mixed.weights is not None:
+            unknown = sorted(set(self.mixed.weights) - set(names))
+            if unknown:
+                raise ValueError(f"mixed.weights: unknown expert(s) {', '.join(unknown)}")
+            if any(not (w >= 0 and math.isfinite(w)) for w in self.mixed.weights.values()) \
+                    or sum(self.mixed.weights.values()) <= 0:
+                raise ValueError("mixed.weights: must be numbers >= 0 with a positive sum")
+        for field in ("teacher", "student"):
+            v = getattr(self.distill, field)
+            if v is not None and v not in names:
+                raise ValueError(f"distill.{field}: '{v}' is not an expert (experts: {', '.join(names)})")
+        if self.strategy == "static_opd":
+            if len(names) < 2:
+                raise ValueError("experts: strategy static_opd needs at least 2 experts")
+            if self.distill.teacher is not None and self.distill.teacher == self.static_student:
+                raise ValueError("distill.teacher: the teacher cannot be the student")
+
+    @property
+    def static_student(self) -> str:
+        """static_opd's student expert."""
+        return self.distill.student or self.expert_names[0]
+
+    def distill_teachers(self) -> list[str]:
+        """The fixed teachers of the distilled student (static_opd: one-way into the student; mopd: every expert)."""
+        if self.strategy == "mopd":
+            return self.expert_names
+        if self.distill.teacher is not None:
+            return [self.distill.teacher]
+        return [n for n in self.expert_names if n != self.static_student]
+
+    @property
+    def expert_steps(self) -> int:
+        """One expert's update steps over the run: cycles × (rl_steps + opd_steps)."""
+        return self.schedule.cycles * (self.schedule.rl_steps + self.schedule.opd_steps)
+
+    @property
+    def distill_steps(self) -> int:
+        """Distillation steps of static_opd / mopd."""
+        return self.expert_steps if self.distill.steps is None else self.distill.steps
+
+    def mix_weights(self) -> dict[str, float]:
+        """mixed_rlvr's share of prompts per expert's domain, summing to 1."""
+        raw = self.mixed.weights or {n: 1.0 for n in self.expert_names}
+        total = sum(raw.values())
+        return {n: raw.get(n, 0.0) / total for n in self.expert_names}
 
     @property
     def expert_names(self) -> list[str]:
@@ -227,7 +308,8 @@ def knobs_from_spec(spec: RunSpec) -> dict[str, Any]:
         "beta": spec.opd.beta,
         "rl_steps": spec.schedule.rl_steps,
         "opd_steps": spec.schedule.opd_steps,
-        "teacher_weights": {s: {t: 1.0 for t in spec.teachers_of(s)} for s in spec.expert_names},
+        "teacher_weights": {s: {t: float((spec.opd.teacher_weights or {}).get(s, {}).get(t, 1.0))
+                                for t in spec.teachers_of(s)} for s in spec.expert_names},
         "lr": spec.grpo.lr,
     }
 

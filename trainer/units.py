@@ -139,7 +139,8 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
         values = update_step(model, opt, native, cross, spec.grpo, float(knobs.get("lr") or spec.grpo.lr))
         step += 1
         rollout_tokens = native.rollout.completion_tokens + sum(c.rollout.completion_tokens for c in cross)
-        values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "knobs/version": float(version),
+        values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "cost/rollout_tokens": float(rollout_tokens),
+                   "knobs/version": float(version),
                    "phase": 1.0 if unit.kind == "rl" else 2.0}
         if use_opd:
             values["opd/beta"] = beta
@@ -156,10 +157,17 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
 
 
 def run_eval_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> dict[str, dict[str, float]]:
-    """Every expert on every domain (greedy accuracy) and the overlap matrix, after cycle `unit.cycle`."""
+    """Every expert on every domain (greedy accuracy) and the overlap matrix, after cycle `unit.cycle`.
+
+    For mixed_rlvr (after cycle 0) and the distillation cycles of static_opd / mopd, the one policy
+    (`mixed` / `student`) instead of the experts.
+    """
+    from trainer.baselines import single_eval_folders
+
     spec, layout = ctx.spec, ctx.layout
     torch.manual_seed(ctx.unit_seed(unit))
-    folders = {e: layout.end_of_cycle(e, unit.cycle) for e in spec.expert_names}
+    folders = (single_eval_folders(spec, layout, unit.cycle)
+               or {e: layout.end_of_cycle(e, unit.cycle) for e in spec.expert_names})
     engines = {e: HFEngine(*ctx.load(f)) for e, f in folders.items()}
     results: dict[str, dict[str, float]] = {}
     base_row: dict[str, float] | None = None
@@ -194,22 +202,28 @@ def run_eval_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> dict[str, 
 
 
 def run_merge_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> CheckpointInfo:
-    """Merge the experts' final weights into the all-in-one model, evaluate it, export it."""
+    """Merge the experts' final weights into the all-in-one model, evaluate it, export it.
+
+    mixed_rlvr, static_opd and mopd have one policy already (the mixed policy, the student): it is
+    exported and evaluated as `merged` unchanged.
+    """
     spec, layout = ctx.spec, ctx.layout
-    folders = [layout.end_of_cycle(e, spec.schedule.cycles) for e in spec.expert_names]
+    folders = layout.final_sources(spec)
     models = [ctx.load(f, cache=False) for f in folders]
-    weights = None if spec.merge.weights is None else [spec.merge.weights.get(e, 0.0) for e in spec.expert_names]
-    merged_sd = merge_state_dicts([m.state_dict() for m, _ in models], weights)
+    single = not strategy_of(spec).experts or strategy_of(spec).distill
+    weights = None if spec.merge.weights is None or single else [spec.merge.weights.get(e, 0.0) for e in spec.expert_names]
     model, tok = models[0]
-    model.load_state_dict(merged_sd)
-    step = max(int(read_state(f).get("step", 0)) if spec.schedule.cycles else 0 for f in folders)
+    if not single:
+        model.load_state_dict(merge_state_dicts([m.state_dict() for m, _ in models], weights))
+    step = max(int(read_state(f).get("step", 0)) if spec.schedule.cycles and f != layout.base else 0 for f in folders)
     engine = HFEngine(model, tok)
     row = {}
     for owner, dom in ctx.domains.items():
         row[f"acc/{owner}"], row[f"eval_len/{owner}"] = accuracy(engine, dom, spec.eval.prompts, spec.grpo.max_new_tokens)
     row["acc_mean"] = sum(row[f"acc/{d}"] for d in ctx.domains) / len(ctx.domains)
     reporter.metrics("merged", spec.schedule.cycles, step, row)
-    sha, size = save_checkpoint(layout.final, model, tok, None, {"step": step, "merged_from": spec.expert_names,
+    sources = [f.parent.name for f in folders] if single else spec.expert_names
+    sha, size = save_checkpoint(layout.final, model, tok, None, {"step": step, "merged_from": sources,
                                                                 "weights": weights or "uniform"})
     info = CheckpointInfo("merged", spec.schedule.cycles, step, str(layout.final), sha, size, final=True)
     reporter.checkpoint(info)
@@ -223,4 +237,8 @@ def run_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Any:
         return run_eval_unit(ctx, unit, reporter)
     if unit.kind == "merge":
         return run_merge_unit(ctx, unit, reporter)
+    if unit.kind in ("mixed", "distill"):
+        from trainer.baselines import run_single_unit
+
+        return run_single_unit(ctx, unit, reporter)
     return run_train_unit(ctx, unit, reporter)

@@ -47,6 +47,20 @@ def native_batch(engine: RolloutEngine, domain: Domain, prompts: Sequence[Sample
     return NativeBatch(roll, rewards, grpo_advantages(rewards, grpo.group_size), ref)
 
 
+def pooled_batch(engine: RolloutEngine, items: Sequence[tuple[Domain, Sample]], grpo: GrpoSpec,
+                 reference: RolloutEngine | None = None, alpha: float = 1.0) -> NativeBatch:
+    """A native GRPO batch over several domains: each prompt scored by its own domain's verifier.
+
+    Groups are per prompt, so the advantage normalisation never mixes domains; `alpha` scales the
+    advantages (the clipped surrogate is linear in them, so this weights the GRPO loss by alpha).
+    """
+    roll = engine.sample([s.prompt for _, s in items], grpo.group_size, temperature=grpo.temperature,
+                         max_new_tokens=grpo.max_new_tokens)
+    rewards = torch.tensor([items[i][0].score(t, items[i][1]) for t, i in zip(roll.texts, roll.prompt_index)])
+    ref = reference.logprobs(roll.tokens, temperature=grpo.temperature) if reference is not None else None
+    return NativeBatch(roll, rewards, alpha * grpo_advantages(rewards, grpo.group_size), ref)
+
+
 def kl_penalty(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
     """k3 estimate of KL(π ‖ π_ref) per token, mean per sequence then over sequences. [N, T] → scalar."""
     d = ref_logp.detach() - logp
@@ -120,5 +134,6 @@ def update_step(model, optimizer, native: NativeBatch | None, cross: Sequence[Cr
     optimizer.step()
     model.eval()
     dt = time.perf_counter() - t0
-    out |= {"grad_norm": float(grad_norm), "lr": lr, "tokens/train_per_s": tokens / max(dt, 1e-9)}
+    out |= {"grad_norm": float(grad_norm), "lr": lr, "tokens/train_per_s": tokens / max(dt, 1e-9),
+            "cost/train_tokens": float(tokens)}
     return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.schedule import Unit, plan
+from trainer.schedule import Unit, plan, steps_of
 from trainer.spec import RunSpec
 
 
@@ -58,6 +58,8 @@ def unit_of(spec: RunSpec, unit_id: str) -> Unit:
 
 def unit_weight(spec: RunSpec, unit: Unit) -> int:
     """Share of the run a unit stands for in the progress bar: one per training step, one per eval or merge."""
+    if unit.kind in ("mixed", "distill"):
+        return max(steps_of(spec, unit), 1)
     return {"rl": spec.schedule.rl_steps, "opd": spec.schedule.opd_steps}.get(unit.kind, 1)
 
 

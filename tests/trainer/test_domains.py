@@ -63,7 +63,26 @@ def solve_frames(prompt: str) -> str:
     return {"d?": str(moved), "v?": "R" if moved > 0 else "L" if moved < 0 else "S"}[q]
 
 
-SOLVERS = {"builtin:arith": solve_arith, "builtin:grid": solve_grid, "builtin:frames": solve_frames}
+def solve_conflict(name: str):
+    """Independent solver of the conflict domains (trainer/domains/marked.py) from their documented rules."""
+    fn = {"sum": lambda x, y: x + y, "absdiff": lambda x, y: abs(x - y), "max": max,
+          "0": lambda x, y: x + y, "1": lambda x, y: x + y + 1, "2": lambda x, y: x + y + 2}[name.rsplit("_", 1)[1]]
+    marker = {"marked_sum": "a", "marked_absdiff": "b", "marked_max": "c", "offset_0": "a", "offset_1": "b",
+              "offset_2": "c"}.get(name.removeprefix("builtin:"), "")
+
+    def solve(prompt: str) -> str:
+        m = re.fullmatch(re.escape(marker) + r"(\d+),(\d+)=", prompt)
+        assert m, prompt
+        x, y = int(m.group(1)), int(m.group(2))
+        if name.startswith("builtin:implicit_"):  # the range of x names the domain
+            assert {"sum": range(0, 40), "absdiff": range(40, 80), "max": range(80, 120)}[name.rsplit("_", 1)[1]].count(x)
+        return str(fn(x, y))
+
+    return solve
+
+
+SOLVERS = {"builtin:arith": solve_arith, "builtin:grid": solve_grid, "builtin:frames": solve_frames,
+           **{n: solve_conflict(n) for n in BUILTIN_DOMAINS if n not in ("builtin:arith", "builtin:grid", "builtin:frames")}}
 
 
 # ---------------------------------------------------------------- builtins

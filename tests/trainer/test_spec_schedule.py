@@ -62,8 +62,10 @@ def test_plan_order_and_units():
     assert ids[1:8] == ["c1/rl/text", "c1/rl/image", "c1/rl/video", "c1/opd/text", "c1/opd/image", "c1/opd/video", "c1/eval"]
     assert all(Unit.parse(i).id == i for i in ids)
     assert "final/merge" not in [u.id for u in plan(spec_of(strategy="independent"))]
-    with pytest.raises(NotImplementedError, match="mopd"):
-        plan(spec_of(strategy="mopd"))
+    one = {"cycles": 1, "rl_steps": 1, "opd_steps": 1}
+    assert [u.id for u in plan(spec_of(strategy="mopd", schedule=one))][-3:] == ["c2/distill", "c2/eval", "final/merge"]
+    assert [u.id for u in plan(spec_of(strategy="mixed_rlvr", schedule=one))] == ["c0/eval", "c1/mixed", "c1/eval",
+                                                                                  "final/merge"]
 
 
 def test_layout_inputs_use_live_peers(tmp_path):

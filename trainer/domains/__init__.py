@@ -43,13 +43,14 @@ def draw_splits(rng: random.Random, draw: Callable[[random.Random], Sample], n_t
 
 
 # The builtin modules and jsonl import `DomainError` / `draw_splits` from here, so they come after them.
-from trainer.domains import arith, frames, grid, jsonl  # noqa: E402
+from trainer.domains import arith, frames, grid, jsonl, marked  # noqa: E402
 
 # Same names, same order as names.BUILTIN_DOMAINS (which the spec validates against; a test checks).
 BUILTINS: dict[str, Callable[[int], Domain]] = {
     "builtin:arith": arith.build,
     "builtin:grid": grid.build,
     "builtin:frames": frames.build,
+    **{key: functools.partial(marked.build, key) for key in marked.KEYS},
 }
 
 

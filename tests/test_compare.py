@@ -1,0 +1,58 @@
+"""`copd compare`: suite files, and a 1-seed, 1-cycle smoke of every strategy and of the report writer."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from copd.compare import compare, deep_merge, entry_spec, load_suite
+from trainer.spec import SpecError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "suites" / "smoke.yaml"
+
+
+def test_deep_merge_keeps_the_base():
+    base = {"grpo": {"lr": 1.0, "group_size": 8}, "experts": [1, 2]}
+    assert deep_merge(base, {"grpo": {"lr": 2.0}, "experts": [3]}) == {"grpo": {"lr": 2.0, "group_size": 8}, "experts": [3]}
+    assert base["grpo"]["lr"] == 1.0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "suites").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_builtin_suite_parses(path):
+    suite, base = load_suite(path)
+    for e in suite.entries:
+        spec = entry_spec(suite, base, e, suite.seeds[-1])
+        assert spec.strategy == e.strategy and spec.seed == suite.seeds[-1]
+
+
+def test_suite_errors_name_the_entry_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("{name: mopd, strategy: mopd}",
+                                             "{name: mopd, strategy: mopd, overrides: {distill: {teacher: nope}}}"))
+    with pytest.raises(SpecError, match=r"entry mopd: distill\.teacher"):
+        load_suite(bad)
+    bad.write_text(SMOKE.read_text().replace("seeds: [0]", "seeds: [0]\nextra: 1"))
+    with pytest.raises(SpecError, match="extra"):
+        load_suite(bad)
+
+
+def test_smoke_suite_every_strategy_and_report(tmp_path, model_cache):
+    out = tmp_path / "cmp"
+    report = compare(SMOKE, out, jobs=1, model_cache=model_cache, command="copd compare suites/smoke.yaml")
+    text = report.read_text()
+    for row in ("base model", "independent: expert image", "copd: expert video", "**independent_merge**",
+                "**mixed_rlvr**", "**static_opd**", "**mopd**", "**copd**", "divergence cost", "top-1 agreement",
+                "copd compare suites/smoke.yaml"):
+        assert row in text, row
+    assert "Missing" not in text
+    for png in ("accuracy_per_cycle.png", "overlap.png", "cost_vs_accuracy.png"):
+        assert (out / png).stat().st_size > 1000
+    # a second call finds every run done and only rewrites the report; a cut-off run is resumed
+    shutil.rmtree(out / "runs" / "mopd" / "s0" / "final")
+    (out / "runs" / "mopd" / "s0" / "state.json").unlink()
+    (out / "runs" / "mopd" / "s0" / "metrics.jsonl").unlink()
+    compare(SMOKE, out, jobs=1, model_cache=model_cache)
+    assert (out / "runs" / "mopd" / "s0" / "final" / "config.json").exists()
