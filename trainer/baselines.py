@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import CheckpointInfo, read_state, save_checkpoint
+from trainer.checkpoint import CheckpointInfo, read_state
 from trainer.domains import Domain, Sample
 from trainer.reporter import Reporter
 from trainer.rollout import HFEngine
 from trainer.schedule import MIXED, STUDENT, Unit, steps_of
 from trainer.spec import RunSpec, beta_for
 from trainer.update import NativeBatch, cross_batch, draw, pooled_batch, update_step
-from trainer.units import Cancelled, RunContext, _optimizer
+from trainer.units import Cancelled, RunContext, _optimizer, report_step, save_unit
 
 
 def allocate(weights: dict[str, float], n: int, rng: random.Random) -> dict[str, int]:
@@ -88,16 +88,8 @@ def run_single_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoi
                    "knobs/version": float(version), "phase": 1.0 if unit.kind == "mixed" else 2.0}
         if cross:
             values["opd/beta"] = beta_for(knobs, STUDENT, spec.opd.beta)
-        reporter.metrics(name, unit.cycle, step, values)
-        reporter.knobs_applied(version, unit.cycle, step)
-        reporter.progress(unit.id, i + 1, n_steps, {"reward": values.get("reward/mean", 0.0), "step": step,
-                                                    "s_per_step": (time.perf_counter() - t_unit) / (i + 1)})
-    out = ctx.layout.single(unit)
-    sha, size = save_checkpoint(out, model, tok, opt, {"step": step, "cycle": unit.cycle, "phase": unit.kind,
-                                                       "expert": name, "knobs_version": version})
-    info = CheckpointInfo(name, unit.cycle, step, str(out), sha, size)
-    reporter.checkpoint(info)
-    return info
+        report_step(reporter, name, unit, step, i, n_steps, values, version, t_unit)
+    return save_unit(ctx.layout.single(unit), model, tok, opt, reporter, name, unit, step, version)
 
 
 def _batches(ctx: RunContext, unit: Unit, engine: HFEngine, teachers: dict[str, HFEngine],

@@ -99,6 +99,25 @@ def _teacher_weights(knobs: dict[str, Any], spec: RunSpec, student: str) -> dict
     return {t: w / total for t, w in raw.items() if w > 0} if total > 0 else {}
 
 
+def report_step(reporter: Reporter, name: str, unit: Unit, step: int, i: int, n_steps: int,
+                values: dict[str, float], version: int, t_unit: float) -> None:
+    """One training step's metrics, the knob version it used, and the unit's progress."""
+    reporter.metrics(name, unit.cycle, step, values)
+    reporter.knobs_applied(version, unit.cycle, step)
+    reporter.progress(unit.id, i + 1, n_steps, {"reward": values.get("reward/mean", 0.0), "step": step,
+                                                "s_per_step": (time.perf_counter() - t_unit) / (i + 1)})
+
+
+def save_unit(out: Path, model, tok, opt, reporter: Reporter, name: str, unit: Unit, step: int,
+              version: int) -> CheckpointInfo:
+    """Checkpoint a training unit's policy atomically and tell the reporter."""
+    sha, size = save_checkpoint(out, model, tok, opt, {"step": step, "cycle": unit.cycle, "phase": unit.kind,
+                                                       "expert": name, "knobs_version": version})
+    info = CheckpointInfo(name, unit.cycle, step, str(out), sha, size)
+    reporter.checkpoint(info)
+    return info
+
+
 def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> CheckpointInfo:
     """Phase I (RLVR) or Phase II (native GRPO + mutual OPD) steps of one expert; writes its checkpoint."""
     spec, expert = ctx.spec, unit.expert
@@ -144,16 +163,8 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
                    "phase": 1.0 if unit.kind == "rl" else 2.0}
         if use_opd:
             values["opd/beta"] = beta
-        reporter.metrics(expert, unit.cycle, step, values)
-        reporter.knobs_applied(version, unit.cycle, step)
-        reporter.progress(unit.id, i + 1, n_steps, {"reward": values["reward/mean"], "step": step,
-                                                    "s_per_step": (time.perf_counter() - t_unit) / (i + 1)})
-    out = ctx.layout.unit_output(unit)
-    sha, size = save_checkpoint(out, model, tok, opt, {"step": step, "cycle": unit.cycle, "phase": unit.kind,
-                                                       "expert": expert, "knobs_version": version})
-    info = CheckpointInfo(expert, unit.cycle, step, str(out), sha, size)
-    reporter.checkpoint(info)
-    return info
+        report_step(reporter, expert, unit, step, i, n_steps, values, version, t_unit)
+    return save_unit(ctx.layout.unit_output(unit), model, tok, opt, reporter, expert, unit, step, version)
 
 
 def run_eval_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> dict[str, dict[str, float]]:
@@ -227,7 +238,7 @@ def run_merge_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
                                                                 "weights": weights or "uniform"})
     info = CheckpointInfo("merged", spec.schedule.cycles, step, str(layout.final), sha, size, final=True)
     reporter.checkpoint(info)
-    reporter.event(f"merged model: " + " ".join(f"{k[4:]}={v:.2f}" for k, v in row.items() if k.startswith("acc/")))
+    reporter.event("merged model: " + " ".join(f"{k[4:]}={v:.2f}" for k, v in row.items() if k.startswith("acc/")))
     return info
 
 
