@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn, Optional
@@ -92,8 +93,9 @@ def db_upgrade() -> None:
 
 @app.command()
 def worker(
-    gpu: Optional[int] = typer.Option(None, "--gpu", help="Use this GPU only (sets CUDA_VISIBLE_DEVICES) "
-                                      "and name the worker gpu<N>@host."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU(s) of this worker, e.g. 0 or 0,1 (sets "
+                                      "CUDA_VISIBLE_DEVICES; several serve an expert with compute.gpus_per_expert > 1 "
+                                      "or teachers on another GPU); names the worker gpu<N>@host."),
     queues: str = typer.Option("gpu,light", "--queues", "-Q",
                                help="Queues to consume: gpu (training units), light (joins)."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Celery node name (default copd-<pid>@<host>)."),
@@ -101,11 +103,13 @@ def worker(
 ) -> None:
     """Run a Celery worker: one unit at a time on this machine's GPU (or CPU), reporting to COPD_API_URL."""
     if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        if not re.fullmatch(r"\d+(,\d+)*", gpu):
+            fail(f"--gpu: expected a GPU index or a comma-separated list such as 0,1 (got {gpu!r})")
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     _quiet_libraries()
     from worker.celery_app import app as celery_app
 
-    node = name or (f"gpu{gpu}@%h" if gpu is not None else f"copd-{os.getpid()}@%h")
+    node = name or (f"gpu{gpu.replace(',', '-')}@%h" if gpu is not None else f"copd-{os.getpid()}@%h")
     celery_app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "--queues", queues, "--hostname", node,
                             "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--without-heartbeat"])
 

@@ -89,6 +89,22 @@ def opd_advantages(teacher_logp: Tensor, student_logp: Tensor, mask: Tensor, bet
     return torch.where(mask.bool(), beta * diff, torch.zeros_like(diff))
 
 
+def tis_weights(trainer_logp: Tensor, sampler_logp: Tensor, mask: Tensor, cap: float = 2.0) -> Tensor:
+    """Truncated importance weights min(π_trainer(y_t) / π_sampler(y_t), cap) on unmasked tokens, 1 elsewhere.
+
+    All inputs [N, T]. Corrects for a rollout engine (vLLM, bf16 kernels) whose logprobs differ from the
+    trainer's own forward: the loss is taken with the trainer's logprobs as the old policy and every token
+    weighted by this (TIS, as in verl and TRL). Detached: no gradient.
+    """
+    w = torch.exp((trainer_logp - sampler_logp).detach()).clamp(max=cap)
+    return torch.where(mask.bool(), w, torch.ones_like(w))
+
+
+def logp_gap(trainer_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> Tensor:
+    """Mean |log π_trainer − log π_sampler| over unmasked tokens ([N, T] each → 0-d): the engine mismatch."""
+    return masked_mean((trainer_logp - sampler_logp).detach().abs(), mask)
+
+
 def topk_overlap(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, k: int = 10) -> Tensor:
     """Mean over unmasked positions of |TopK(student) ∩ TopK(teacher)| / k (the paper's O_k).
 

@@ -19,13 +19,14 @@ from typing import Any
 import torch
 
 from trainer.checkpoint import CheckpointInfo, read_state
+from trainer.engines import peak_memory_gb, place, student_device, student_engine
 from trainer.domains import Domain, Sample
 from trainer.reporter import Reporter
 from trainer.rollout import HFEngine
 from trainer.schedule import MIXED, STUDENT, Unit, steps_of
 from trainer.spec import RunSpec, beta_for
-from trainer.update import NativeBatch, cross_batch, draw, pooled_batch, update_step
-from trainer.units import Cancelled, RunContext, _optimizer, report_step, save_unit
+from trainer.update import NativeBatch, cross_batch, draw, pooled_batch
+from trainer.units import Cancelled, RunContext, _optimizer, report_step, save_unit, train_step
 
 
 def allocate(weights: dict[str, float], n: int, rng: random.Random) -> dict[str, int]:
@@ -61,15 +62,17 @@ def run_single_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoi
     torch.manual_seed(seed)
     rng = random.Random(seed)
     src, continues = ctx.layout.single_input(spec, unit)
+    dev = student_device()
     model, tok = ctx.load(src)
+    model = place(model, spec.compute, dev, trainable=True)
     step = int(read_state(src).get("step", 0)) if continues else 0
     version, knobs = reporter.knobs()
     n_steps = steps_of(spec, unit, knobs)
     lr = float(knobs.get("lr") or spec.grpo.lr)
     opt = _optimizer(model, lr, src) if continues else _optimizer(model, lr, ctx.layout.root / ".no-optimizer")
-    engine = HFEngine(model, tok)
-    reference = HFEngine(*ctx.load(ctx.layout.base)) if spec.grpo.kl_coef > 0 else None
-    teachers = ({t: HFEngine(*ctx.load(ctx.layout.end_of_cycle(t, spec.schedule.cycles)))
+    engine = student_engine(spec.rollout, spec.compute, model, tok, src, seed)
+    reference = ctx.scorer(ctx.layout.base) if spec.grpo.kl_coef > 0 else None
+    teachers = ({t: ctx.scorer(ctx.layout.end_of_cycle(t, spec.schedule.cycles))
                  for t in spec.distill_teachers()} if unit.kind == "distill" else {})
     reporter.event(f"{unit.id}: {n_steps} steps of {name} from {src.name}"
                    + (f", fixed teachers {', '.join(teachers)}" if teachers else ""), expert=name)
@@ -81,14 +84,16 @@ def run_single_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoi
         t0 = time.perf_counter()
         native, cross = _batches(ctx, unit, engine, teachers, reference, knobs, rng)
         t_roll = time.perf_counter() - t0
-        values = update_step(model, opt, native, cross, spec.grpo, float(knobs.get("lr") or spec.grpo.lr))
+        values = train_step(engine, model, opt, native, cross, spec, float(knobs.get("lr") or spec.grpo.lr))
         step += 1
         rollout_tokens = (native.rollout.completion_tokens if native else 0) + sum(c.rollout.completion_tokens for c in cross)
         values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "cost/rollout_tokens": float(rollout_tokens),
-                   "knobs/version": float(version), "phase": 1.0 if unit.kind == "mixed" else 2.0}
+                   "knobs/version": float(version), "memory/peak_gb": peak_memory_gb(dev),
+                   "phase": 1.0 if unit.kind == "mixed" else 2.0}
         if cross:
             values["opd/beta"] = beta_for(knobs, STUDENT, spec.opd.beta)
         report_step(reporter, name, unit, step, i, n_steps, values, version, t_unit)
+    engine.sleep()
     return save_unit(ctx.layout.single(unit), model, tok, opt, reporter, name, unit, step, version)
 
 

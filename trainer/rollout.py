@@ -4,7 +4,8 @@
 decoders (`builtin:tiny` and most small HF models) it runs the model's own weights through a lean forward
 (`LeanDecoder`: the same ops, without transformers' per-call machinery) and its own sampling loop with a
 preallocated KV cache: at these sizes the per-op Python overhead, not the FLOPs, sets the step time
-(docs/perf.md). Other architectures go through `generate`. A vLLM engine comes later behind the same interface.
+(docs/perf.md). Other architectures go through `generate`. `trainer.vllm_engine.VllmEngine` is the vLLM engine
+behind the same interface; `trainer.engines` picks one by the spec's `rollout.engine`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class TokenBatch:
         """Rows idx of every tensor."""
         return TokenBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx], self.completion_mask[idx])
 
+    def to(self, device) -> "TokenBatch":
+        """The same batch on another device."""
+        return TokenBatch(*(x.to(device) for x in (self.prompt_ids, self.prompt_mask, self.completion_ids,
+                                                    self.completion_mask)))
+
 
 @dataclass(frozen=True)
 class Rollout:
@@ -61,6 +67,18 @@ class RolloutEngine(Protocol):
 
     def logprobs(self, batch: TokenBatch, *, temperature: float = 1.0) -> Tensor:
         """Per-token log π(completion_t | prompt, completion_<t) under this engine's policy: [N, T]."""
+        ...
+
+    def sync_weights(self, model=None) -> None:
+        """Make the next samples use the live model's current weights (after an optimizer step)."""
+        ...
+
+    def sleep(self) -> None:
+        """Free the engine's device memory while the trainer steps (no-op where it holds none)."""
+        ...
+
+    def wake(self) -> None:
+        """Take back what `sleep` freed, before the next `sync_weights` and `sample`."""
         ...
 
 
@@ -120,6 +138,12 @@ def forward_logits(model, batch: TokenBatch) -> Tensor:
     return out.logits[:, p - 1: p + t - 1]
 
 
+def _checkpointing(model) -> bool:
+    """Whether gradient (activation) checkpointing is on; transformers ≥ 5.20 renamed the attribute."""
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
 def _rotate_half(x: Tensor) -> Tensor:
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
@@ -151,7 +175,7 @@ class LeanDecoder:
         if (not cls.enabled or cfg is None or getattr(cfg, "model_type", "") not in cls.ARCHS or not hasattr(model, "model")
                 or getattr(cfg, "use_sliding_window", False) or getattr(cfg, "hidden_act", "silu") != "silu"
                 or float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0 or getattr(cfg, "mlp_bias", False)
-                or getattr(cfg, "pretraining_tp", 1) != 1 or getattr(model, "is_gradient_checkpointing", False)
+                or getattr(cfg, "pretraining_tp", 1) != 1 or _checkpointing(model)
                 or model.model.embed_tokens.weight.dtype != torch.float32):
             return None
         return cls(model)
@@ -255,7 +279,7 @@ class HFEngine:
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], n: int, *, temperature: float, max_new_tokens: int,
                greedy: bool = False) -> Rollout:
-        ids, mask = encode_prompts(self.tokenizer, prompts)
+        ids, mask = (x.to(self.device) for x in encode_prompts(self.tokenizer, prompts))
         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)      # [N, P], N = len·n
         lean = LeanDecoder.of(self.model)
         if lean is not None:
@@ -307,9 +331,25 @@ class HFEngine:
         logits = torch.stack(out.logits, dim=1)                                     # [N, T, V] raw
         return comp, token_logprobs(logits, comp, 1.0 if greedy else temperature)
 
-    @torch.no_grad()
     def logprobs(self, batch: TokenBatch, *, temperature: float = 1.0) -> Tensor:
-        return token_logprobs(forward_logits(self.model, batch), batch.completion_ids, temperature) * batch.completion_mask
+        """Scores on this engine's device (inference mode), returned on the batch's device."""
+        with torch.inference_mode():
+            on = batch if batch.prompt_ids.device == self.device else batch.to(self.device)
+            logp = token_logprobs(forward_logits(self.model, on), on.completion_ids, temperature) * on.completion_mask
+        return logp.to(batch.completion_ids.device).clone()  # a normal tensor: inference tensors can't enter autograd
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def sync_weights(self, model=None) -> None:
+        """Nothing to do: this engine samples from the live model itself."""
+
+    def sleep(self) -> None:
+        """Nothing to free: the engine holds no memory of its own."""
+
+    def wake(self) -> None:
+        """See `sleep`."""
 
 
 def with_logp(rollout: Rollout, logp: Tensor) -> Rollout:

@@ -149,6 +149,33 @@ class EvalSpec(_Model):
     overlap_prompts: int = Field(32, ge=1, le=100_000, description="Prompts per expert for the overlap measure.")
 
 
+class RolloutSpec(_Model):
+    """Which engine samples the rollouts and scores the teachers' tokens."""
+
+    engine: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="hf (transformers, everywhere) | vllm (colocated vLLM, weights synced in place after "
+                            "each optimizer step) | auto (vllm when importable and a GPU is present, else hf).")
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, lt=1.0,
+                                          description="vLLM's share of the GPU's memory (the trainer keeps the rest).")
+    sleep_mode: bool = Field(True, description="vLLM frees its weights and KV cache while the trainer steps (GPU only).")
+    tis_cap: float | None = Field(2.0, gt=0.0, le=1e6,
+                                  description="Truncated importance-sampling cap C: tokens weigh min(π_trainer/π_sampler, C); "
+                                              "null = no correction (the sampler's logprobs are the old policy's).")
+
+
+class ComputeSpec(_Model):
+    """Precision and devices of the experts and their teachers."""
+
+    dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Weights' dtype: auto = bf16 on a GPU that supports it, else fp32.")
+    master_fp32: bool = Field(False, description="With bf16: keep fp32 master weights (bf16 autocast forward).")
+    gpus_per_expert: int = Field(1, ge=1, le=64, description="GPUs per expert; > 1 trains the expert with FSDP "
+                                                             "across that many processes.")
+    teacher_device: Literal["same", "other", "cpu"] = Field(
+        "same", description="Where Phase II teachers live: the student's GPU, the next visible GPU, or CPU memory "
+                            "(moved to the GPU only to score).")
+
+
 class TinyModelSpec(_Model):
     """Recipe of `builtin:tiny`: a small decoder built from a config and warm-started offline."""
 
@@ -192,6 +219,8 @@ class RunSpec(_Model):
     mixed: MixedSpec = Field(default_factory=MixedSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     tiny: TinyModelSpec = Field(default_factory=TinyModelSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
     @field_validator("experts")

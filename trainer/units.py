@@ -19,6 +19,7 @@ import torch
 from trainer.algos import merge_state_dicts
 from trainer.checkpoint import CheckpointInfo, manifest_sha, read_state, save_checkpoint
 from trainer.domains import Domain, load_domain
+from trainer.engines import autocast_dtype, peak_memory_gb, place, student_device, student_engine, teacher_device
 from trainer.evaluate import accuracy, mean_overlap, overlap_row
 from trainer.models import configure_torch, load_builtin_tiny, load_pretrained
 from trainer.reporter import Reporter
@@ -66,6 +67,11 @@ class RunContext:
                 self._models.popitem(last=False)
         return model, tok
 
+    def scorer(self, folder: Path) -> HFEngine:
+        """A frozen model that only scores tokens (a Phase II teacher, the KL reference), on its device."""
+        model, tok = self.load(folder)
+        return HFEngine(place(model, self.spec.compute, teacher_device(self.spec.compute), trainable=False), tok)
+
     def _key(self, folder: Path) -> str:
         try:
             return manifest_sha(folder)
@@ -99,6 +105,16 @@ def _teacher_weights(knobs: dict[str, Any], spec: RunSpec, student: str) -> dict
     return {t: w / total for t, w in raw.items() if w > 0} if total > 0 else {}
 
 
+def train_step(engine, model, opt, native, cross, spec: RunSpec, lr: float) -> dict[str, float]:
+    """One optimizer step on the batches, with the engine's memory freed meanwhile and its weights synced after."""
+    engine.sleep()
+    values = update_step(model, opt, native, cross, spec.grpo, lr, tis_cap=spec.rollout.tis_cap,
+                         amp=autocast_dtype(spec.compute))
+    engine.wake()
+    engine.sync_weights(model)
+    return values
+
+
 def report_step(reporter: Reporter, name: str, unit: Unit, step: int, i: int, n_steps: int,
                 values: dict[str, float], version: int, t_unit: float) -> None:
     """One training step's metrics, the knob version it used, and the unit's progress."""
@@ -126,18 +142,20 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
     torch.manual_seed(seed)
     rng = random.Random(seed)
     src = ctx.layout.unit_input(unit)
+    dev = student_device()
     model, tok = ctx.load(src)
+    model = place(model, spec.compute, dev, trainable=True)
     state = read_state(src) if (src / "trainer_state.json").exists() else {"step": 0}
     step = int(state.get("step", 0))
     version, knobs = reporter.knobs()
     base_knobs = knobs_from_spec(spec)
     n_steps = int(knobs.get(f"{unit.kind}_steps", base_knobs[f"{unit.kind}_steps"]))
     opt = _optimizer(model, float(knobs.get("lr") or spec.grpo.lr), src)
-    engine = HFEngine(model, tok)
+    engine = student_engine(spec.rollout, spec.compute, model, tok, src, seed)
     use_opd = unit.kind == "opd" and strategy_of(spec).opd
-    teachers = {t: HFEngine(*ctx.load(ctx.layout.teacher_input(t, unit.cycle))) for t in spec.teachers_of(expert)} if use_opd else {}
+    teachers = {t: ctx.scorer(ctx.layout.teacher_input(t, unit.cycle)) for t in spec.teachers_of(expert)} if use_opd else {}
     domain = ctx.domains[expert]
-    reference = HFEngine(*ctx.load(ctx.layout.base)) if spec.grpo.kl_coef > 0 else None
+    reference = ctx.scorer(ctx.layout.base) if spec.grpo.kl_coef > 0 else None
     reporter.event(f"{unit.id}: {n_steps} steps from {src.name}"
                    + (f", teachers {', '.join(teachers)}" if teachers else ""), expert=expert)
     t_unit = time.perf_counter()
@@ -155,15 +173,16 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
                 prompts = draw(rng, ctx.domains[t].train, spec.opd.prompts_per_step)
                 cross.append(cross_batch(engine, t, teachers[t], prompts, spec.grpo, spec.opd, beta, w))
         t_roll = time.perf_counter() - t0
-        values = update_step(model, opt, native, cross, spec.grpo, float(knobs.get("lr") or spec.grpo.lr))
+        values = train_step(engine, model, opt, native, cross, spec, float(knobs.get("lr") or spec.grpo.lr))
         step += 1
         rollout_tokens = native.rollout.completion_tokens + sum(c.rollout.completion_tokens for c in cross)
         values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "cost/rollout_tokens": float(rollout_tokens),
-                   "knobs/version": float(version),
+                   "knobs/version": float(version), "memory/peak_gb": peak_memory_gb(dev),
                    "phase": 1.0 if unit.kind == "rl" else 2.0}
         if use_opd:
             values["opd/beta"] = beta
         report_step(reporter, expert, unit, step, i, n_steps, values, version, t_unit)
+    engine.sleep()
     return save_unit(ctx.layout.unit_output(unit), model, tok, opt, reporter, expert, unit, step, version)
 
 

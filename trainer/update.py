@@ -5,13 +5,15 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from trainer.algos import entropy_from_logits, grpo_advantages, masked_mean, opd_advantages, policy_loss, token_logprobs
+from trainer.algos import (entropy_from_logits, grpo_advantages, logp_gap, masked_mean, opd_advantages, policy_loss,
+                           tis_weights, token_logprobs)
 from trainer.domains.base import Domain, Sample
+from trainer.engines import autocast
 from trainer.rollout import Rollout, RolloutEngine, forward_logits
 from trainer.spec import GrpoSpec, OpdSpec
 
@@ -33,8 +35,9 @@ class CrossBatch:
     teacher: str
     rollout: Rollout
     teacher_logp: Tensor      # [N, T] log π_teacher of the student's tokens
-    advantages: Tensor        # [N, T] β·(log π_teacher − log π_student)
+    advantages: Tensor        # [N, T] β·(log π_teacher − log π_student), the sampler's log π_student
     weight: float             # share of this teacher in the OPD loss
+    beta: float = 1.0         # β, to recompute the advantage with the trainer's log π_student (TIS)
 
 
 def native_batch(engine: RolloutEngine, domain: Domain, prompts: Sequence[Sample], grpo: GrpoSpec,
@@ -74,7 +77,7 @@ def cross_batch(engine: RolloutEngine, teacher_name: str, teacher: RolloutEngine
                          max_new_tokens=grpo.max_new_tokens)
     t_logp = teacher.logprobs(roll.tokens, temperature=grpo.temperature)
     adv = opd_advantages(t_logp, roll.logp, roll.tokens.completion_mask, beta)
-    return CrossBatch(teacher_name, roll, t_logp, adv, weight)
+    return CrossBatch(teacher_name, roll, t_logp, adv, weight, beta)
 
 
 def draw(rng: random.Random, samples: Sequence[Sample], n: int) -> list[Sample]:
@@ -82,50 +85,90 @@ def draw(rng: random.Random, samples: Sequence[Sample], n: int) -> list[Sample]:
     return rng.sample(list(samples), n) if n <= len(samples) else [rng.choice(samples) for _ in range(n)]
 
 
-def _loss_on(model, rollout: Rollout, advantages: Tensor, grpo: GrpoSpec, ref_logp: Tensor | None = None):
-    """Policy loss of the model on a rollout (old logprobs = the sampler's), its entropy, and the KL term."""
-    logits = forward_logits(model, rollout.tokens)                                   # [N, T, V]
+@dataclass
+class _Loss:
+    loss: Tensor
+    clip_frac: float
+    entropy: float
+    kl_ref: Tensor | None
+    old_logp: Tensor          # [N, T] the old policy's logprobs the loss used
+    adv_mean: float           # mean advantage over unmasked tokens, as used (TIS weights included)
+    logp_gap: float           # mean |log π_trainer − log π_sampler|
+    tis_weight: float         # mean truncated IS weight (1.0 without the correction)
+
+
+def _loss_on(model, rollout: Rollout, advantages: Tensor, grpo: GrpoSpec, *, ref_logp: Tensor | None = None,
+             tis_cap: float | None = None, rescore: Callable[[Tensor], Tensor] | None = None,
+             amp: torch.dtype | None = None) -> _Loss:
+    """Policy loss of the model on a rollout, its entropy, the KL term and the sampler-vs-trainer gap.
+
+    Old policy: with `tis_cap` the trainer's own logprobs (this forward, detached: one optimizer step per
+    batch, so π_old is the current policy) and every token weighted by min(π_trainer/π_sampler, tis_cap);
+    `rescore(old_logp)` recomputes token advantages that depend on the student's logprobs (OPD). Without
+    `tis_cap`, the sampler's logprobs.
+    """
+    with autocast(model, amp):
+        logits = forward_logits(model, rollout.tokens)                               # [N, T, V]
     logp = token_logprobs(logits, rollout.tokens.completion_ids, grpo.temperature)   # [N, T]
     mask = rollout.tokens.completion_mask
-    loss, stats = policy_loss(logp, rollout.logp, advantages, mask, grpo.eps_low, grpo.eps_high)
-    kl = kl_penalty(logp, ref_logp, mask) if ref_logp is not None else None
+    sampler = rollout.logp.to(logp.device)
+    adv, old, w = advantages.to(logp.device), sampler, None
+    if tis_cap is not None:
+        old = logp.detach()
+        adv = rescore(old) if rescore is not None else adv
+        w = tis_weights(old, sampler, mask, tis_cap)
+        adv = (adv if adv.ndim == 2 else adv.unsqueeze(1)) * w                       # [N, T]
+    loss, stats = policy_loss(logp, old, adv, mask, grpo.eps_low, grpo.eps_high)
+    kl = kl_penalty(logp, ref_logp.to(logp.device), mask) if ref_logp is not None else None
     with torch.no_grad():
         ent = float(masked_mean(entropy_from_logits(logits.detach(), grpo.temperature), mask))
-    return loss, stats, ent, kl
+    return _Loss(loss, stats.clip_frac, ent, kl, old, stats.adv_mean, float(logp_gap(logp, sampler, mask)),
+                 float(masked_mean(w, mask)) if w is not None else 1.0)
 
 
 def update_step(model, optimizer, native: NativeBatch | None, cross: Sequence[CrossBatch], grpo: GrpoSpec,
-                lr: float) -> dict[str, float]:
-    """loss = L_grpo(native) + Σ_j w_j · L_opd(cross_j); one backward, clip, one optimizer step."""
+                lr: float, *, tis_cap: float | None = None, amp: torch.dtype | None = None) -> dict[str, float]:
+    """loss = L_grpo(native) + Σ_j w_j · L_opd(cross_j); one backward, clip, one optimizer step.
+
+    tis_cap: truncated importance-sampling correction of the sampler/trainer mismatch (see `_loss_on`);
+    amp: bf16 autocast of the forward when the master weights are fp32.
+    """
     t0 = time.perf_counter()
     for group in optimizer.param_groups:
         group["lr"] = lr
     model.train()
     optimizer.zero_grad(set_to_none=True)
     out: dict[str, float] = {}
-    total = torch.zeros(())
-    tokens = 0
+    total = torch.zeros((), device=next(model.parameters()).device)
+    tokens, gap, weight = 0, 0.0, 0.0
     if native is not None:
-        loss, stats, ent, kl = _loss_on(model, native.rollout, native.advantages, grpo, native.ref_logp)
-        total = total + loss
-        if kl is not None:
-            total = total + grpo.kl_coef * kl
-            out["grpo/kl_ref"] = float(kl.detach())
-        tokens += native.rollout.completion_tokens
-        out |= {"loss/grpo": float(loss.detach()), "grpo/clip_frac": stats.clip_frac, "entropy": ent,
+        r = _loss_on(model, native.rollout, native.advantages, grpo, ref_logp=native.ref_logp, tis_cap=tis_cap, amp=amp)
+        total = total + r.loss
+        if r.kl_ref is not None:
+            total = total + grpo.kl_coef * r.kl_ref
+            out["grpo/kl_ref"] = float(r.kl_ref.detach())
+        n = native.rollout.completion_tokens
+        tokens, gap, weight = tokens + n, gap + r.logp_gap * n, weight + r.tis_weight * n
+        out |= {"loss/grpo": float(r.loss.detach()), "grpo/clip_frac": r.clip_frac, "entropy": r.entropy,
                 "reward/mean": float(native.rewards.mean()),
                 "grpo/zero_adv_groups": float((native.advantages.view(-1, grpo.group_size).abs().sum(1) == 0).float().mean()),
                 "response/len": float(native.rollout.tokens.completion_mask.sum(1).float().mean())}
     if cross:
-        opd_loss, kl, adv = torch.zeros(()), 0.0, 0.0
+        opd_loss, kl, adv = torch.zeros((), device=total.device), 0.0, 0.0
         for cb in cross:
-            loss, stats, _, _ = _loss_on(model, cb.rollout, cb.advantages, grpo)
-            opd_loss = opd_loss + cb.weight * loss
             mask = cb.rollout.tokens.completion_mask
-            teacher_kl = float(masked_mean(cb.rollout.logp - cb.teacher_logp, mask))
+            t_logp = cb.teacher_logp
+
+            def rescore(old: Tensor, t_logp=t_logp, mask=mask, beta=cb.beta) -> Tensor:
+                return opd_advantages(t_logp.to(old.device), old, mask.to(old.device), beta)
+
+            r = _loss_on(model, cb.rollout, cb.advantages, grpo, tis_cap=tis_cap, rescore=rescore, amp=amp)
+            opd_loss = opd_loss + cb.weight * r.loss
+            teacher_kl = float(masked_mean(r.old_logp - t_logp.to(r.old_logp.device), mask.to(r.old_logp.device)))
             kl += cb.weight * teacher_kl
-            adv += cb.weight * float(masked_mean(cb.advantages, mask))
-            tokens += cb.rollout.completion_tokens
+            adv += cb.weight * r.adv_mean
+            n = cb.rollout.completion_tokens
+            tokens, gap, weight = tokens + n, gap + r.logp_gap * n, weight + r.tis_weight * n
             out[f"opd/kl/{cb.teacher}"] = teacher_kl
         total = total + opd_loss
         out |= {"loss/opd": float(opd_loss.detach()), "opd/kl": kl, "opd/adv": adv}
@@ -135,5 +178,6 @@ def update_step(model, optimizer, native: NativeBatch | None, cross: Sequence[Cr
     model.eval()
     dt = time.perf_counter() - t0
     out |= {"grad_norm": float(grad_norm), "lr": lr, "tokens/train_per_s": tokens / max(dt, 1e-9),
-            "cost/train_tokens": float(tokens)}
+            "cost/train_tokens": float(tokens), "rollout/logp_gap": gap / max(tokens, 1),
+            "rollout/tis_weight": weight / max(tokens, 1)}
     return out

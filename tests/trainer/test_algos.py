@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from trainer.algos import grpo_advantages, merge_state_dicts, opd_advantages, policy_loss, topk_overlap
+from trainer.algos import (grpo_advantages, logp_gap, merge_state_dicts, opd_advantages, policy_loss, tis_weights,
+                           topk_overlap)
 
 
 def test_grpo_advantages_two_groups_of_two():
@@ -127,3 +128,30 @@ def test_kl_penalty_k3_by_hand():
     ref = torch.tensor([[math.log(2.0), -1.0], [0.0, 0.0]])
     kl = kl_penalty(logp, ref, torch.tensor([[1, 0], [1, 0]]))
     assert kl.item() == pytest.approx((1 - math.log(2.0)) / 2)
+
+
+def test_tis_weights_by_hand():
+    # ratios e^{0.5}=1.6487 (kept), e^{1}=2.718 (capped at 2), e^{-1}=0.3679 (kept); masked token → 1
+    trainer = torch.tensor([[0.5, 1.0], [-1.0, 3.0]])
+    sampler = torch.zeros(2, 2)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    w = tis_weights(trainer.requires_grad_(), sampler, mask, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[1.648721, 2.0], [0.367879, 1.0]]), atol=1e-6)
+    assert not w.requires_grad
+
+
+def test_tis_weighted_loss_equals_scaled_advantages():
+    # with old = the trainer's own logp (ratio 1), weighting tokens by w is the same as advantages × w
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    w = torch.tensor([[0.5, 2.0]])
+    loss, _ = policy_loss(logp, logp.detach(), torch.tensor([1.0]).unsqueeze(1) * w, torch.ones(1, 2))
+    # −mean(w_t · ratio_t · A) with ratio 1 → −(0.5 + 2)/2 = −1.25; gradient −w_t/2 per token
+    assert loss.item() == pytest.approx(-1.25)
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-0.25, -1.0]]))
+
+
+def test_logp_gap_by_hand():
+    a = torch.tensor([[-1.0, -2.0, -3.0]])
+    b = torch.tensor([[-1.5, -2.0, -9.0]])
+    assert logp_gap(a, b, torch.tensor([[1, 1, 0]])).item() == pytest.approx(0.25)

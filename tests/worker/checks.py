@@ -11,7 +11,7 @@ from trainer.checkpoint import manifest_sha, verify_checkpoint
 from trainer.schedule import plan
 from trainer.spec import parse_spec
 
-TIMING = ("tokens/",)  # throughput depends on the machine's load, not on the seed
+TIMING = ("tokens/", "memory/")  # throughput and process memory depend on the machine, not on the seed
 
 Points = dict[tuple[str | None, str, int], tuple[float, float | None]]  # (expert, key, step) → (value, wall_time)
 
