@@ -77,23 +77,25 @@ def run_single_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoi
     reporter.event(f"{unit.id}: {n_steps} steps of {name} from {src.name}"
                    + (f", fixed teachers {', '.join(teachers)}" if teachers else ""), expert=name)
     t_unit = time.perf_counter()
-    for i in range(n_steps):
-        if reporter.should_stop():
-            raise Cancelled(unit.id)
-        version, knobs = reporter.knobs()
-        t0 = time.perf_counter()
-        native, cross = _batches(ctx, unit, engine, teachers, reference, knobs, rng)
-        t_roll = time.perf_counter() - t0
-        values = train_step(engine, model, opt, native, cross, spec, float(knobs.get("lr") or spec.grpo.lr))
-        step += 1
-        rollout_tokens = (native.rollout.completion_tokens if native else 0) + sum(c.rollout.completion_tokens for c in cross)
-        values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "cost/rollout_tokens": float(rollout_tokens),
-                   "knobs/version": float(version), "memory/peak_gb": peak_memory_gb(dev),
-                   "phase": 1.0 if unit.kind == "mixed" else 2.0}
-        if cross:
-            values["opd/beta"] = beta_for(knobs, STUDENT, spec.opd.beta)
-        report_step(reporter, name, unit, step, i, n_steps, values, version, t_unit)
-    engine.sleep()
+    try:
+        for i in range(n_steps):
+            if reporter.should_stop():
+                raise Cancelled(unit.id)
+            version, knobs = reporter.knobs()
+            t0 = time.perf_counter()
+            native, cross = _batches(ctx, unit, engine, teachers, reference, knobs, rng)
+            t_roll = time.perf_counter() - t0
+            values = train_step(engine, model, opt, native, cross, spec, float(knobs.get("lr") or spec.grpo.lr))
+            step += 1
+            rollout_tokens = (native.rollout.completion_tokens if native else 0) + sum(c.rollout.completion_tokens for c in cross)
+            values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "cost/rollout_tokens": float(rollout_tokens),
+                       "knobs/version": float(version), "memory/peak_gb": peak_memory_gb(dev),
+                       "phase": 1.0 if unit.kind == "mixed" else 2.0}
+            if cross:
+                values["opd/beta"] = beta_for(knobs, STUDENT, spec.opd.beta)
+            report_step(reporter, name, unit, step, i, n_steps, values, version, t_unit)
+    finally:
+        engine.close()
     return save_unit(ctx.layout.single(unit), model, tok, opt, reporter, name, unit, step, version)
 
 

@@ -81,6 +81,10 @@ class RolloutEngine(Protocol):
         """Take back what `sleep` freed, before the next `sync_weights` and `sample`."""
         ...
 
+    def close(self) -> None:
+        """Release the engine (end of a unit)."""
+        ...
+
 
 def position_ids_from_mask(mask: Tensor) -> Tensor:
     """Positions counted over real tokens only (left padding gets position 1, as transformers does)."""
@@ -133,9 +137,27 @@ def forward_logits(model, batch: TokenBatch) -> Tensor:
     p, t = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
     lean = LeanDecoder.of(model)
     if lean is not None:
+        g = shared_prompt_rows(batch)
+        if g > 1:  # G samples of one prompt: its tokens go through the model once (same logits and gradients)
+            return lean.forward_shared(batch.prompt_ids[::g], batch.prompt_mask[::g], batch.completion_ids, g)
         return lean.forward(ids, attn, position_ids_from_mask(attn), logits_from=p - 1)[:, :t]
     out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=False)
     return out.logits[:, p - 1: p + t - 1]
+
+
+def shared_prompt_rows(batch: TokenBatch) -> int:
+    """g > 1 when every run of g consecutive rows has one prompt (a rollout's samples of a prompt), else 1."""
+    n = batch.size
+    if n < 2:
+        return 1
+    ids, mask = batch.prompt_ids, batch.prompt_mask
+    same = (ids[1:] == ids[:-1]).all(1) & (mask[1:] == mask[:-1]).all(1)   # [N-1] row i+1 repeats row i
+    g = n if bool(same.all()) else int(same.long().argmin()) + 1            # length of the first run
+    if g < 2 or n % g:
+        return 1
+    inside = torch.ones(n - 1, dtype=torch.bool, device=ids.device)
+    inside[g - 1:: g] = False                                               # pairs that straddle two runs
+    return g if bool(same[inside].all()) else 1
 
 
 def _checkpointing(model) -> bool:
@@ -232,6 +254,61 @@ class LeanDecoder:
         for i, w in enumerate(weights or self.weights()):
             h = self._block(w, h, cos, sin, mask, cache[i] if cache is not None else None, start)
         h = F.rms_norm(h[:, logits_from:], m.norm.weight.shape, m.norm.weight, m.norm.variance_epsilon)
+        head = self.model.lm_head
+        return F.linear(h, head.weight, head.bias)
+
+    def forward_shared(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, g: int) -> Tensor:
+        """Logits predicting each completion token, [N, T, V], when every g consecutive rows share one prompt.
+
+        prompt_ids, prompt_mask: [U, P] (one row per prompt, left padded); completion_ids: [N, T], N = U·g.
+        Each prompt goes through the layers once: its keys/values are repeated for its g completions, whose
+        queries attend to them and, causally, to their own tokens. The logits equal `forward`'s on the
+        repeated rows (to float rounding) and so do the gradients (the repeat's backward sums the g rows):
+        a prompt's tokens cost 1/g of the training forward and backward instead of once per sample.
+        """
+        m = self.model.model
+        (u, p), (n, t) = prompt_ids.shape, completion_ids.shape
+        pos_p = position_ids_from_mask(prompt_mask)                                  # [U, P]
+        pos_c = (pos_p[:, -1:] + 1 + torch.arange(t, device=pos_p.device)).repeat_interleave(g, 0)  # [N, T]
+        h = F.embedding(torch.cat([prompt_ids.reshape(-1), completion_ids.reshape(-1)]), m.embed_tokens.weight)
+        cos_p, sin_p = (x.unsqueeze(1) for x in m.rotary_emb(h, pos_p))              # [U, 1, P, hd]
+        cos_c, sin_c = (x.unsqueeze(1) for x in m.rotary_emb(h, pos_c))              # [N, 1, T, hd]
+        q_at = torch.arange(p, device=h.device)
+        keys_p = (prompt_mask.bool()[:, None, None, :] & (q_at[None, :] <= q_at[:, None])) | torch.eye(p, dtype=torch.bool, device=h.device)
+        mask_p = h.new_zeros(keys_p.shape).masked_fill_(~keys_p, float("-inf"))      # [U, 1, P, P]
+        causal = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
+        keys_c = torch.cat([prompt_mask.bool().repeat_interleave(g, 0)[:, None, None, :].expand(n, 1, t, p),
+                            causal.expand(n, 1, t, t)], dim=-1)                      # [N, 1, T, P + T]
+        mask_c = h.new_zeros(keys_c.shape).masked_fill_(~keys_c, float("-inf"))
+        split = u * p
+        for ln1, qkv_w, qkv_b, o, ln2, gate_up, down, scaling in self.weights():
+            x = F.rms_norm(h, ln1.weight.shape, ln1.weight, ln1.variance_epsilon)     # [U·P + N·T, D] flat tokens
+            qkv = F.linear(x, qkv_w, qkv_b)
+            outs = []
+            parts = ((qkv[:split].view(u, p, -1, self.head_dim), cos_p, sin_p),
+                     (qkv[split:].view(n, t, -1, self.head_dim), cos_c, sin_c))
+            kv = None
+            for (part, cos, sin) in parts:
+                part = part.transpose(1, 2)                                          # [B, H+2KV, L, hd]
+                qk, v = part[:, : self.heads + self.kv_heads], part[:, self.heads + self.kv_heads:]
+                qk = qk * cos + _rotate_half(qk) * sin
+                q, k = qk[:, : self.heads], qk[:, self.heads:]
+                if kv is None:   # the prompts: causal over their own tokens
+                    att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_p, scale=scaling,
+                                                         enable_gqa=self.heads != self.kv_heads)
+                    kv = (k.repeat_interleave(g, 0), v.repeat_interleave(g, 0))       # [N, KV, P, hd]
+                else:            # the completions: their prompt's keys, then their own, causally
+                    k, v = torch.cat([kv[0], k], dim=2), torch.cat([kv[1], v], dim=2)
+                    att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_c, scale=scaling,
+                                                         enable_gqa=self.heads != self.kv_heads)
+                outs.append(att.transpose(1, 2).reshape(-1, self.heads * self.head_dim))
+            h = h + F.linear(torch.cat(outs), o.weight, o.bias)
+            x = F.rms_norm(h, ln2.weight.shape, ln2.weight, ln2.variance_epsilon)
+            gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+            h = h + F.linear(F.silu(gate) * up, down)
+        last = h[:split].view(u, p, -1)[:, -1:].repeat_interleave(g, 0)             # [N, 1, D] predicts token 0
+        h = torch.cat([last, h[split:].view(n, t, -1)[:, : t - 1]], dim=1)           # [N, T, D]
+        h = F.rms_norm(h, m.norm.weight.shape, m.norm.weight, m.norm.variance_epsilon)
         head = self.model.lm_head
         return F.linear(h, head.weight, head.bias)
 
@@ -350,6 +427,9 @@ class HFEngine:
 
     def wake(self) -> None:
         """See `sleep`."""
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def with_logp(rollout: Rollout, logp: Tensor) -> Rollout:

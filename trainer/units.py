@@ -159,30 +159,32 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
     reporter.event(f"{unit.id}: {n_steps} steps from {src.name}"
                    + (f", teachers {', '.join(teachers)}" if teachers else ""), expert=expert)
     t_unit = time.perf_counter()
-    for i in range(n_steps):
-        if reporter.should_stop():
-            raise Cancelled(unit.id)
-        version, knobs = reporter.knobs()  # step boundary: the latest knobs apply from here on
-        t0 = time.perf_counter()
-        native = native_batch(engine, domain, draw(rng, domain.train, spec.grpo.prompts_per_step), spec.grpo,
-                              reference)
-        cross = []
-        if use_opd:
-            beta = beta_for(knobs, expert, spec.opd.beta)
-            for t, w in _teacher_weights(knobs, spec, expert).items():
-                prompts = draw(rng, ctx.domains[t].train, spec.opd.prompts_per_step)
-                cross.append(cross_batch(engine, t, teachers[t], prompts, spec.grpo, spec.opd, beta, w))
-        t_roll = time.perf_counter() - t0
-        values = train_step(engine, model, opt, native, cross, spec, float(knobs.get("lr") or spec.grpo.lr))
-        step += 1
-        rollout_tokens = native.rollout.completion_tokens + sum(c.rollout.completion_tokens for c in cross)
-        values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "cost/rollout_tokens": float(rollout_tokens),
-                   "knobs/version": float(version), "memory/peak_gb": peak_memory_gb(dev),
-                   "phase": 1.0 if unit.kind == "rl" else 2.0}
-        if use_opd:
-            values["opd/beta"] = beta
-        report_step(reporter, expert, unit, step, i, n_steps, values, version, t_unit)
-    engine.sleep()
+    try:
+        for i in range(n_steps):
+            if reporter.should_stop():
+                raise Cancelled(unit.id)
+            version, knobs = reporter.knobs()  # step boundary: the latest knobs apply from here on
+            t0 = time.perf_counter()
+            native = native_batch(engine, domain, draw(rng, domain.train, spec.grpo.prompts_per_step), spec.grpo,
+                                  reference)
+            cross = []
+            if use_opd:
+                beta = beta_for(knobs, expert, spec.opd.beta)
+                for t, w in _teacher_weights(knobs, spec, expert).items():
+                    prompts = draw(rng, ctx.domains[t].train, spec.opd.prompts_per_step)
+                    cross.append(cross_batch(engine, t, teachers[t], prompts, spec.grpo, spec.opd, beta, w))
+            t_roll = time.perf_counter() - t0
+            values = train_step(engine, model, opt, native, cross, spec, float(knobs.get("lr") or spec.grpo.lr))
+            step += 1
+            rollout_tokens = native.rollout.completion_tokens + sum(c.rollout.completion_tokens for c in cross)
+            values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "cost/rollout_tokens": float(rollout_tokens),
+                       "knobs/version": float(version), "memory/peak_gb": peak_memory_gb(dev),
+                       "phase": 1.0 if unit.kind == "rl" else 2.0}
+            if use_opd:
+                values["opd/beta"] = beta
+            report_step(reporter, expert, unit, step, i, n_steps, values, version, t_unit)
+    finally:
+        engine.close()  # a vLLM engine gives its memory back before the next unit starts
     return save_unit(ctx.layout.unit_output(unit), model, tok, opt, reporter, expert, unit, step, version)
 
 

@@ -126,10 +126,13 @@ def _loss_on(model, rollout: Rollout, advantages: Tensor, grpo: GrpoSpec, *, ref
                  float(masked_mean(w, mask)) if w is not None else 1.0)
 
 
-def update_step(model, optimizer, native: NativeBatch | None, cross: Sequence[CrossBatch], grpo: GrpoSpec,
-                lr: float, *, tis_cap: float | None = None, amp: torch.dtype | None = None) -> dict[str, float]:
+def update_step(model, optimizer, native: NativeBatch | Sequence[NativeBatch] | None, cross: Sequence[CrossBatch],
+                grpo: GrpoSpec, lr: float, *, tis_cap: float | None = None,
+                amp: torch.dtype | None = None) -> dict[str, float]:
     """loss = L_grpo(native) + Σ_j w_j · L_opd(cross_j); one backward, clip, one optimizer step.
 
+    native: one GRPO batch, or several parts of one (e.g. prompts of different lengths sampled apart), whose
+    losses are weighted by their share of the rows so they sum to the pooled batch's per-sequence mean.
     tis_cap: truncated importance-sampling correction of the sampler/trainer mismatch (see `_loss_on`);
     amp: bf16 autocast of the forward when the master weights are fp32.
     """
@@ -141,18 +144,29 @@ def update_step(model, optimizer, native: NativeBatch | None, cross: Sequence[Cr
     out: dict[str, float] = {}
     total = torch.zeros((), device=next(model.parameters()).device)
     tokens, gap, weight = 0, 0.0, 0.0
-    if native is not None:
-        r = _loss_on(model, native.rollout, native.advantages, grpo, ref_logp=native.ref_logp, tis_cap=tis_cap, amp=amp)
-        total = total + r.loss
-        if r.kl_ref is not None:
-            total = total + grpo.kl_coef * r.kl_ref
-            out["grpo/kl_ref"] = float(r.kl_ref.detach())
-        n = native.rollout.completion_tokens
-        tokens, gap, weight = tokens + n, gap + r.logp_gap * n, weight + r.tis_weight * n
-        out |= {"loss/grpo": float(r.loss.detach()), "grpo/clip_frac": r.clip_frac, "entropy": r.entropy,
-                "reward/mean": float(native.rewards.mean()),
-                "grpo/zero_adv_groups": float((native.advantages.view(-1, grpo.group_size).abs().sum(1) == 0).float().mean()),
-                "response/len": float(native.rollout.tokens.completion_mask.sum(1).float().mean())}
+    natives = [native] if isinstance(native, NativeBatch) else list(native or [])
+    if natives:
+        rows = sum(nb.rollout.tokens.size for nb in natives)
+        grpo_loss, kl_ref, clip, ent = torch.zeros((), device=total.device), None, 0.0, 0.0
+        for nb in natives:
+            share = nb.rollout.tokens.size / rows
+            r = _loss_on(model, nb.rollout, nb.advantages, grpo, ref_logp=nb.ref_logp, tis_cap=tis_cap, amp=amp)
+            grpo_loss = grpo_loss + share * r.loss
+            if r.kl_ref is not None:
+                kl_ref = share * r.kl_ref + (kl_ref if kl_ref is not None else 0.0)
+            clip, ent = clip + share * r.clip_frac, ent + share * r.entropy
+            n = nb.rollout.completion_tokens
+            tokens, gap, weight = tokens + n, gap + r.logp_gap * n, weight + r.tis_weight * n
+        total = total + grpo_loss
+        if kl_ref is not None:
+            total = total + grpo.kl_coef * kl_ref
+            out["grpo/kl_ref"] = float(kl_ref.detach())
+        zero = [float(g.abs().sum() == 0) for nb in natives
+                for g in nb.advantages.split(nb.rollout.tokens.size // (max(nb.rollout.prompt_index) + 1))]
+        out |= {"loss/grpo": float(grpo_loss.detach()), "grpo/clip_frac": clip, "entropy": ent,
+                "reward/mean": float(torch.cat([nb.rewards for nb in natives]).float().mean()),
+                "grpo/zero_adv_groups": sum(zero) / len(zero),
+                "response/len": float(torch.cat([nb.rollout.tokens.completion_mask.sum(1) for nb in natives]).float().mean())}
     if cross:
         opd_loss, kl, adv = torch.zeros((), device=total.device), 0.0, 0.0
         for cb in cross:

@@ -1,0 +1,58 @@
+"""`copd train` with `rollout: {engine: vllm}`: a CoPD cycle whose students sample with vLLM (in the vLLM venv).
+
+Run in its own process (tests/trainer/test_vllm_engine.py does), apart from vllm_checks.py: every training
+unit starts and closes its own colocated engine, as a worker does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+import pytest  # noqa: E402
+
+pytest.importorskip("vllm")
+
+from trainer.domains import load_domain  # noqa: E402
+from trainer.local import train_local  # noqa: E402
+from trainer.models import build_char_tokenizer, build_tiny_model  # noqa: E402
+from trainer.spec import TinyModelSpec, parse_spec  # noqa: E402
+
+
+def test_copd_cycle_with_vllm_rollouts(tmp_path):
+    domains = ["builtin:arith", "builtin:frames"]
+    alphabet: set[str] = set()
+    for d in domains:
+        alphabet |= load_domain(d, 0).alphabet()
+    tok = build_char_tokenizer(alphabet)
+    # head_dim 32: vLLM's CPU attention refuses 16
+    model = build_tiny_model(TinyModelSpec(hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=128), tok, 0)
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    spec = parse_spec({
+        "name": "vllm-cycle", "base_model": str(base),
+        "experts": [{"name": "text", "domain": domains[0]}, {"name": "video", "domain": domains[1]}],
+        "schedule": {"cycles": 1, "rl_steps": 2, "opd_steps": 1},
+        "grpo": {"group_size": 4, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": 6},
+        "opd": {"prompts_per_step": 2, "samples_per_prompt": 2},
+        "eval": {"prompts": 8, "overlap_k": 4, "overlap_prompts": 4},
+        "rollout": {"engine": "vllm"},
+    })
+    out = tmp_path / "run"
+    train_local(spec, out, tmp_path / "models", log_fn=lambda m: None)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    gaps = [r["value"] for r in rows if r["key"] == "rollout/logp_gap"]
+    losses = [r["value"] for r in rows if r["key"] in ("loss/grpo", "loss/opd")]
+    print(f"vLLM rollouts: {len(gaps)} steps, sampler/trainer logprob gap max {max(gaps):.2e}")
+    # fp32 vLLM and the trainer agree token by token at every step; since the weights change each step
+    # (lr 1e-3), a stale engine (no sync_weights) would show a growing gap from the second step on
+    assert len(gaps) == 6 and max(gaps) < 1e-4
+    assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
+    assert (out / "final" / "config.json").exists()
+    assert {"acc/text", "acc/video"} <= {r["key"] for r in rows if r["expert"] == "merged"}
