@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
                    help="measure each side's peak memory in its own process (default: on, off with --smoke)")
     p.add_argument("--only", default="", help="comma-separated comparisons: grpo_step, phase2_1t, phase2_2t, rollout")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time steps by wall clock, or by this process's CPU time (steadier on a loaded machine)")
     args = p.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if run.trl_side.available() is None:
         print("note: trl is not installed; the TRL sides are skipped (pip install -e '.[bench]')", flush=True)
     print(run.environment())
-    print(f"sizes: {sizes}; warm-up {warmup}, repeats {repeats}, medians", flush=True)
-    rows = [r for m in models for r in run.compare(m, sizes, warmup, repeats, log, set(filter(None, args.only.split(","))))]
+    print(f"sizes: {sizes}; warm-up {warmup}, repeats {repeats}, medians, {args.clock} clock", flush=True)
+    only = set(filter(None, args.only.split(",")))
+    rows = [r for m in models for r in run.compare(m, sizes, warmup, repeats, log, only, args.clock)]
     if args.memory if args.memory is not None else not args.smoke:
         rows = run.with_memory(rows, args.smoke, args.threads, log)
     print(run.HEADER)

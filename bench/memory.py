@@ -36,8 +36,9 @@ def build(model: str, comparison: str, side: str, sizes: Sizes):
     n = int(comparison[len("phase2_")])
     if side == "plain_grpo":
         return sides.copd_grpo_step(wl, sizes, prompts=sides.phase2_rows(sizes, n) // sizes.group)
-    return sides.copd_phase2_step(wl, sizes, n, proposed="all" if side.endswith("+sample") else
-                                  "fwd" if side.endswith("+fwd") else "")
+    if side == "plain_grpo_same":
+        return sides.copd_plain_same_step(wl, sizes, n)
+    return sides.copd_phase2_step(wl, sizes, n)
 
 
 def measure(model: str, comparison: str, side: str, smoke: bool, threads: int) -> tuple[float, float]:

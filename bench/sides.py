@@ -10,13 +10,13 @@ import itertools
 
 import torch
 
-from bench import proposed as proposed_update
 from bench.common import NATIVE, TEACHER_DOMAINS, Sizes, Step, Workload
 from trainer.rollout import HFEngine, LeanDecoder, encode_prompts
 from trainer.spec import GrpoSpec, OpdSpec
 from trainer.update import cross_batch, native_batch, update_step
 
 LR = 1e-4
+TIS_CAP = 2.0  # the spec default: the old logprobs come from the training forward itself, as in a run
 
 
 def grpo_spec(sizes: Sizes, prompts: int | None = None) -> GrpoSpec:
@@ -56,17 +56,13 @@ def copd_grpo_step(wl: Workload, sizes: Sizes, prompts: int | None = None) -> St
 
     def step() -> int:
         native = native_batch(engine, domain, next(stream), grpo)
-        update_step(model, opt, native, [], grpo, LR)
+        update_step(model, opt, native, [], grpo, LR, tis_cap=TIS_CAP)
         return native.rollout.completion_tokens
     return step
 
 
-def copd_phase2_step(wl: Workload, sizes: Sizes, teachers: int, proposed: str = "") -> Step:
-    """One CoPD Phase II step: the native batch plus one cross batch per live teacher, one update.
-
-    proposed: "fwd" = docs/perf-proposed.patch's one training forward over all batches (bench/proposed.py);
-    "all" = that plus one sampling call for all batches (`HFEngine.sample_many`).
-    """
+def copd_phase2_step(wl: Workload, sizes: Sizes, teachers: int) -> Step:
+    """One CoPD Phase II step: the native batch plus one cross batch per live teacher, one update."""
     model, grpo = wl.model(), grpo_spec(sizes)
     opd = OpdSpec(prompts_per_step=sizes.opd_prompts, samples_per_prompt=sizes.opd_samples)
     engine, opt, domain = HFEngine(model, wl.tokenizer), _adamw(model), wl.domains[NATIVE]
@@ -76,23 +72,34 @@ def copd_phase2_step(wl: Workload, sizes: Sizes, teachers: int, proposed: str = 
     cross_streams = {t: prompt_stream(wl, t, sizes.opd_prompts) for t in names}
 
     def step() -> int:
-        if proposed == "fwd":
-            native = native_batch(engine, domain, next(stream), grpo)
-            cross = [cross_batch(engine, t, live[t], next(cross_streams[t]), grpo, opd, opd.beta, 1.0 / len(names))
-                     for t in names]
-            proposed_update.update_step(model, opt, native, cross, grpo, LR)
-            return native.rollout.completion_tokens + sum(c.rollout.completion_tokens for c in cross)
-        if proposed == "all":
-            native, cross = proposed_update.phase2_batches(
-                engine, domain, next(stream), live, {t: next(cross_streams[t]) for t in names}, grpo, opd, opd.beta,
-                {t: 1.0 / len(names) for t in names})
-            proposed_update.update_step(model, opt, native, cross, grpo, LR)
-            return native.rollout.completion_tokens + sum(c.rollout.completion_tokens for c in cross)
         native = native_batch(engine, domain, next(stream), grpo)
         cross = [cross_batch(engine, t, live[t], next(cross_streams[t]), grpo, opd, opd.beta, 1.0 / len(names))
                  for t in names]
-        update_step(model, opt, native, cross, grpo, LR)
+        update_step(model, opt, native, cross, grpo, LR, tis_cap=TIS_CAP)
         return native.rollout.completion_tokens + sum(c.rollout.completion_tokens for c in cross)
+    return step
+
+
+def copd_plain_same_step(wl: Workload, sizes: Sizes, teachers: int) -> Step:
+    """A plain GRPO step on the Phase II step's own prompts and sample counts, no teacher.
+
+    The native prompts × group and, per teacher domain, its prompts × samples, each row rewarded by its
+    domain's verifier and normalised within its prompt's group, in one update: the same decode loops,
+    sampled rows and prompt tokens as `copd_phase2_step`, so the time ratio is the OPD work alone (teacher
+    scoring, token advantages).
+    """
+    model, grpo = wl.model(), grpo_spec(sizes)
+    cross_grpo = grpo.model_copy(update={"group_size": sizes.opd_samples, "prompts_per_step": sizes.opd_prompts})
+    engine, opt = HFEngine(model, wl.tokenizer), _adamw(model)
+    names = TEACHER_DOMAINS[:teachers]
+    stream = prompt_stream(wl, NATIVE, sizes.prompts)
+    cross_streams = {t: prompt_stream(wl, t, sizes.opd_prompts) for t in names}
+
+    def step() -> int:
+        parts = [native_batch(engine, wl.domains[NATIVE], next(stream), grpo)]
+        parts += [native_batch(engine, wl.domains[t], next(cross_streams[t]), cross_grpo) for t in names]
+        update_step(model, opt, parts, [], grpo, LR, tis_cap=TIS_CAP)
+        return sum(p.rollout.completion_tokens for p in parts)
     return step
 
 

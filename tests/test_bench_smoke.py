@@ -17,7 +17,8 @@ def test_bench_smoke_prints_the_table():
     assert any(line.startswith("| model | comparison | side |") for line in lines)
     sides = {tuple(c.strip() for c in line.split("|")[1:4]) for line in lines if line.startswith("| tiny |")}
     expected = {("tiny", "grpo_step", "copd"), ("tiny", "grpo_step", "floor"), ("tiny", "phase2_1t", "plain_grpo"),
-                ("tiny", "phase2_1t", "phase2_1t"), ("tiny", "phase2_2t", "phase2_2t"), ("tiny", "rollout", "copd")}
+                ("tiny", "phase2_1t", "plain_grpo_same"), ("tiny", "phase2_1t", "phase2_1t"),
+                ("tiny", "phase2_2t", "phase2_2t"), ("tiny", "rollout", "copd")}
     assert expected <= sides
     try:
         import trl  # noqa: F401

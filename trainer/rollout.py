@@ -103,25 +103,6 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
     return enc["input_ids"], enc["attention_mask"]
 
 
-def width_groups(widths: Sequence[int], rows: Sequence[int], *, extra: int = 0, max_waste: float = 0.25) -> list[list[int]]:
-    """Batches (indices) to run together: padding a group to its widest member wastes ≤ max_waste of its tokens.
-
-    widths: tokens per row of each batch (e.g. its longest prompt); rows: rows per batch; extra: tokens every
-    row has on top (e.g. the completion length). Greedy over batches sorted by width.
-    """
-    groups: list[list[int]] = []
-    for i in sorted(range(len(widths)), key=lambda j: widths[j]):
-        if groups:
-            g = groups[-1] + [i]
-            real = sum((widths[j] + extra) * rows[j] for j in g)
-            padded = (max(widths[j] for j in g) + extra) * sum(rows[j] for j in g)
-            if padded - real <= max_waste * padded:
-                groups[-1] = g
-                continue
-        groups.append([i])
-    return groups
-
-
 def completion_mask(completion_ids: Tensor, eos_id: int) -> Tensor:
     """1 up to and including the first EOS of each row (all ones for a row that never stops)."""
     is_eos = completion_ids == eos_id                               # [N, T]
@@ -369,29 +350,6 @@ class HFEngine:
         texts = self.tokenizer.batch_decode(comp * cmask + self.pad_id * (1 - cmask), skip_special_tokens=True)
         return Rollout(TokenBatch(ids, mask, comp, cmask), logp, texts,
                        [i for i in range(len(prompts)) for _ in range(n)])
-
-    def sample_many(self, requests: Sequence[tuple[Sequence[str], int]], *, temperature: float,
-                    max_new_tokens: int) -> list[Rollout]:
-        """Several `sample(prompts, n)` calls as ONE batched decode; one Rollout per (prompts, n) request.
-
-        A decode step costs nearly the same for 16 rows as for 96 on CPU, so a Phase II step's batches are
-        cheaper sampled together; but only requests of similar prompt length share a loop (`width_groups`),
-        since padding short prompts to long ones costs more than the loop it saves. Rows of one loop share
-        the prompt and completion widths (extra columns are masked padding).
-        """
-        widths = [int(encode_prompts(self.tokenizer, prompts)[1].sum(1).max()) for prompts, _ in requests]
-        out: list[Rollout | None] = [None] * len(requests)
-        for group in width_groups(widths, [len(p) * n for p, n in requests], extra=max_new_tokens):
-            flat = [p for g in group for p in requests[g][0] for _ in range(requests[g][1])]
-            roll = self.sample(flat, 1, temperature=temperature, max_new_tokens=max_new_tokens)
-            row = 0
-            for g in group:
-                prompts, n = requests[g]
-                rows = torch.arange(row, row + len(prompts) * n)
-                out[g] = Rollout(roll.tokens.select(rows), roll.logp[rows], roll.texts[row: row + len(rows)],
-                                 [i for i in range(len(prompts)) for _ in range(n)])
-                row += len(rows)
-        return out
 
     def _generate(self, ids: Tensor, mask: Tensor, temperature: float, max_new_tokens: int,
                   greedy: bool) -> tuple[Tensor, Tensor]:
