@@ -141,6 +141,16 @@ def shared_prompt_rows(batch: TokenBatch) -> int:
     return g if bool(same[inside].all()) else 1
 
 
+def _sharded(model) -> bool:
+    """FSDP-sharded (DTensor) parameters: the lean forward reads raw weights and would skip FSDP's gathering.
+
+    Any parameter, not only the embedding: FSDP keeps the root's weights gathered between forward and backward.
+    """
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def _checkpointing(model) -> bool:
     """Whether gradient (activation) checkpointing is on; transformers ≥ 5.20 renamed the attribute."""
     name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
@@ -173,13 +183,13 @@ class LeanDecoder:
     @classmethod
     def of(cls, model) -> "LeanDecoder | None":
         """The lean forward for this model, or None where it does not apply (other archs, non-fp32 weights,
-        dropout, sliding windows, gradient checkpointing): those go through transformers."""
+        dropout, sliding windows, gradient checkpointing, FSDP-sharded weights): those go through transformers."""
         cfg = getattr(model, "config", None)
         if (not cls.enabled or cfg is None or getattr(cfg, "model_type", "") not in cls.ARCHS or not hasattr(model, "model")
                 or getattr(cfg, "use_sliding_window", False) or getattr(cfg, "hidden_act", "silu") != "silu"
                 or float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0 or getattr(cfg, "mlp_bias", False)
                 or getattr(cfg, "pretraining_tp", 1) != 1 or _checkpointing(model)
-                or model.model.embed_tokens.weight.dtype != torch.float32):
+                or model.model.embed_tokens.weight.dtype != torch.float32 or _sharded(model)):
             return None
         return cls(model)
 

@@ -249,6 +249,11 @@ class RunSpec(_Model):
         if self.strategy == "copd" and len(names) < 2:
             raise ValueError("experts: strategy copd needs at least 2 experts")
         self._check_baseline_fields(names)
+        n = self.compute.gpus_per_expert
+        for field, v in (("grpo.prompts_per_step", self.grpo.prompts_per_step), ("opd.prompts_per_step", self.opd.prompts_per_step)):
+            if v % n:
+                raise ValueError(f"{field}: must be a multiple of compute.gpus_per_expert={n} (each GPU's process "
+                                 f"takes the same number of prompts; got {v})")
         return self
 
     def _check_baseline_fields(self, names: list[str]) -> None:

@@ -134,10 +134,49 @@ def save_unit(out: Path, model, tok, opt, reporter: Reporter, name: str, unit: U
     return info
 
 
+def step_batches(ctx: RunContext, unit: Unit, engine, teachers: dict[str, HFEngine], reference: HFEngine | None,
+                 knobs: dict[str, Any], rng: random.Random, share: Callable[[list], list] = list):
+    """One step's batches of an expert: (native GRPO batch, cross OPD batches, β or None without teachers).
+
+    share: the part of each prompt draw this process samples (all of it; a rank's share under FSDP).
+    """
+    spec, expert = ctx.spec, unit.expert
+    domain = ctx.domains[expert]
+    native = native_batch(engine, domain, share(draw(rng, domain.train, spec.grpo.prompts_per_step)), spec.grpo,
+                          reference)
+    cross, beta = [], None
+    if teachers:
+        beta = beta_for(knobs, expert, spec.opd.beta)
+        for t, w in _teacher_weights(knobs, spec, expert).items():
+            prompts = share(draw(rng, ctx.domains[t].train, spec.opd.prompts_per_step))
+            cross.append(cross_batch(engine, t, teachers[t], prompts, spec.grpo, spec.opd, beta, w))
+    return native, cross, beta
+
+
+def step_values(values: dict[str, float], unit: Unit, native, cross, beta: float | None, t_roll: float,
+                version: int, device: torch.device) -> dict[str, float]:
+    """update_step's metrics plus the step's rollout throughput and cost, knob version, memory and phase."""
+    rollout_tokens = native.rollout.completion_tokens + sum(c.rollout.completion_tokens for c in cross)
+    values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "cost/rollout_tokens": float(rollout_tokens),
+               "knobs/version": float(version), "memory/peak_gb": peak_memory_gb(device),
+               "phase": 1.0 if unit.kind == "rl" else 2.0}
+    if beta is not None:
+        values["opd/beta"] = beta
+    return values
+
+
 def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> CheckpointInfo:
-    """Phase I (RLVR) or Phase II (native GRPO + mutual OPD) steps of one expert; writes its checkpoint."""
+    """Phase I (RLVR) or Phase II (native GRPO + mutual OPD) steps of one expert; writes its checkpoint.
+
+    With `compute.gpus_per_expert` > 1 the unit runs sharded (FSDP) in that many processes
+    (trainer.distributed.launch); this process relays their reports.
+    """
     spec, expert = ctx.spec, unit.expert
     assert expert is not None and unit.kind in ("rl", "opd")
+    if spec.compute.gpus_per_expert > 1:
+        from trainer.distributed import launch
+
+        return launch(ctx, unit, reporter, spec.compute.gpus_per_expert)
     seed = ctx.unit_seed(unit)
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -145,16 +184,13 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
     dev = student_device()
     model, tok = ctx.load(src)
     model = place(model, spec.compute, dev, trainable=True)
-    state = read_state(src) if (src / "trainer_state.json").exists() else {"step": 0}
-    step = int(state.get("step", 0))
+    step = int(read_state(src).get("step", 0)) if (src / "trainer_state.json").exists() else 0
     version, knobs = reporter.knobs()
-    base_knobs = knobs_from_spec(spec)
-    n_steps = int(knobs.get(f"{unit.kind}_steps", base_knobs[f"{unit.kind}_steps"]))
+    n_steps = int(knobs.get(f"{unit.kind}_steps", knobs_from_spec(spec)[f"{unit.kind}_steps"]))
     opt = _optimizer(model, float(knobs.get("lr") or spec.grpo.lr), src)
     engine = student_engine(spec.rollout, spec.compute, model, tok, src, seed)
     use_opd = unit.kind == "opd" and strategy_of(spec).opd
     teachers = {t: ctx.scorer(ctx.layout.teacher_input(t, unit.cycle)) for t in spec.teachers_of(expert)} if use_opd else {}
-    domain = ctx.domains[expert]
     reference = ctx.scorer(ctx.layout.base) if spec.grpo.kl_coef > 0 else None
     reporter.event(f"{unit.id}: {n_steps} steps from {src.name}"
                    + (f", teachers {', '.join(teachers)}" if teachers else ""), expert=expert)
@@ -165,23 +201,11 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
                 raise Cancelled(unit.id)
             version, knobs = reporter.knobs()  # step boundary: the latest knobs apply from here on
             t0 = time.perf_counter()
-            native = native_batch(engine, domain, draw(rng, domain.train, spec.grpo.prompts_per_step), spec.grpo,
-                                  reference)
-            cross = []
-            if use_opd:
-                beta = beta_for(knobs, expert, spec.opd.beta)
-                for t, w in _teacher_weights(knobs, spec, expert).items():
-                    prompts = draw(rng, ctx.domains[t].train, spec.opd.prompts_per_step)
-                    cross.append(cross_batch(engine, t, teachers[t], prompts, spec.grpo, spec.opd, beta, w))
+            native, cross, beta = step_batches(ctx, unit, engine, teachers, reference, knobs, rng)
             t_roll = time.perf_counter() - t0
             values = train_step(engine, model, opt, native, cross, spec, float(knobs.get("lr") or spec.grpo.lr))
             step += 1
-            rollout_tokens = native.rollout.completion_tokens + sum(c.rollout.completion_tokens for c in cross)
-            values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "cost/rollout_tokens": float(rollout_tokens),
-                       "knobs/version": float(version), "memory/peak_gb": peak_memory_gb(dev),
-                       "phase": 1.0 if unit.kind == "rl" else 2.0}
-            if use_opd:
-                values["opd/beta"] = beta
+            values = step_values(values, unit, native, cross, beta, t_roll, version, dev)
             report_step(reporter, expert, unit, step, i, n_steps, values, version, t_unit)
     finally:
         engine.close()  # a vLLM engine gives its memory back before the next unit starts
