@@ -10,11 +10,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat
 
 from trainer.spec import (
     NAME_RE,
+    ComputeSpec,
+    DistillSpec,
     DomainRef,
     EvalSpec,
     GrpoSpec,
     MergeSpec,
+    MixedSpec,
     OpdSpec,
+    RolloutSpec,
     ScheduleSpec,
     Strategy,
     TinyModelSpec,
@@ -75,7 +79,11 @@ class RunPublic(BaseModel):
     opd: OpdSpec
     merge: MergeSpec
     eval: EvalSpec
+    mixed: MixedSpec = Field(default_factory=MixedSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
     tiny: TinyModelSpec
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
     seed: int
     status: RunStatus
     cycle: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -46,6 +47,26 @@ def test_run_end_to_end_on_redis(make_stack, redis_url):
             assert sorted(s for (x, k, s) in got if x == e and k == "loss/grpo") == [4, 5, 6]
             assert sorted(s for (x, k, s) in got if x == e and k == "acc/text") == [3, 6]
         assert [c.expert for c in api.list_checkpoints(fork.id, final=True).items] == ["merged"]
+
+
+@pytest.mark.redis
+def test_sharded_experts_through_a_worker(make_stack, redis_url):
+    """compute.gpus_per_expert: 2 — each training unit the worker takes runs as 2 FSDP processes (gloo on
+    this CPU); their reports reach the API through the worker's REST reporter; the run completes."""
+    stack = make_stack(broker_url=redis_url)
+    stack.start_api()
+    stack.start_worker()
+    spec = tiny_spec(experts=[{"name": "text", "domain": "builtin:arith"}, {"name": "video", "domain": "builtin:frames"}],
+                     schedule={"cycles": 1, "rl_steps": 1, "opd_steps": 1}, compute={"gpus_per_expert": 2})
+    with stack.client() as api:
+        run = api.create_run(spec)
+        api.start(run.id)
+        stack.wait_status(api, run.id, {"completed"}, 420)
+        points = check_completed_run(api, run.id, spec, stack.data_dir / "runs" / str(run.id))
+        ranks = {(e, s): v for (e, k, s), (v, _) in points.items() if k == "fsdp/ranks"}
+        assert ranks == {(e, s): 2.0 for e in ("text", "video") for s in (1, 2)}
+        losses = [v for (e, k, s), (v, _) in points.items() if k in ("loss/grpo", "loss/opd")]
+        assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
 
 
 def test_run_end_to_end_embedded_with_copd_up(make_stack, tmp_path):

@@ -141,3 +141,28 @@ def test_copd_up_refuses_a_busy_port(tmp_path):
     assert res.returncode != 0
     assert res.stderr.strip().splitlines() == [f"error: API port {port} on 127.0.0.1 is in use (another copd up?); "
                                                "choose another with --port"]
+
+
+def test_every_spec_field_reaches_the_worker():
+    """A worker reads the spec from GET /runs/{id}: every RunSpec block must survive that trip, not only the
+    ones the API body lists by name (a block missing there silently falls back to its defaults)."""
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from server.schemas import run_public
+    from trainer.spec import RunSpec
+    from worker.runs import spec_of
+
+    spec = parse_spec(tiny_spec(
+        strategy="static_opd", mixed={"weights": {"text": 2.0, "image": 1.0, "video": 1.0}},
+        distill={"steps": 3, "teacher": "image", "student": "text", "alpha": 0.5},
+        merge={"weights": {"text": 0.5, "image": 0.25, "video": 0.25}},
+        rollout={"engine": "hf", "gpu_memory_utilization": 0.5, "sleep_mode": False, "tis_cap": None},
+        compute={"dtype": "bf16", "master_fp32": True, "gpus_per_expert": 2, "teacher_device": "cpu"}))
+    row = SimpleNamespace(
+        spec=spec.model_dump(mode="json"), id=1, status="draft", cycle=0, phase=None, progress=0.0,
+        created_at=datetime.now(timezone.utc), started_at=None, finished_at=None, parent_run_id=None,
+        parent_checkpoint_id=None,
+        experts=[SimpleNamespace(name=e.name, domain=e.domain, status="pending", unit=None) for e in spec.experts])
+    assert spec_of(run_public(row)) == spec
+    assert set(RunSpec.model_fields) <= set(run_public(row).model_dump())
