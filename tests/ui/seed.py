@@ -2,7 +2,8 @@
 
 Metric layout follows docs/trainer.md: per expert, evaluations at cycle 0 (step 0) and at the end of every
 cycle (`acc/<domain>` for every domain, `overlap/<other>` and `overlap_top1/<other>` from cycle 1 on), and
-per training step `reward/mean`, `opd/kl` (Phase II only), `phase` (1 or 2) and `knobs/version`; the merged
+per training step `reward/mean`, `opd/kl` (Phase II only), `phase` (1 or 2), `knobs/version`,
+`rollout/logp_gap` and `memory/peak_gb`; the merged
 model's `acc/<domain>` and `acc_mean` at the end; run-level `overlap/mean`.
 """
 
@@ -116,6 +117,8 @@ def training_metrics(cycles_done: int, rl_steps: int, opd_steps: int, extra_step
             pts.append({"expert": i, "key": "reward/mean", "step": step, "value": round(reward, 4)})
             pts.append({"expert": i, "key": "phase", "step": step, "value": phase})
             pts.append({"expert": i, "key": "knobs/version", "step": step, "value": 0.0})
+            pts.append({"expert": i, "key": "rollout/logp_gap", "step": step, "value": round(2e-3 + 1e-3 * rng.random(), 6)})
+            pts.append({"expert": i, "key": "memory/peak_gb", "step": step, "value": round(0.4 + 0.01 * k, 3)})
             if phase == 2.0:
                 kl = 0.2 * math.exp(-(in_cycle - rl_steps) / max(opd_steps, 1)) + 0.02 * k + rng.uniform(0, 0.01)
                 pts.append({"expert": i, "key": "opd/kl", "step": step, "value": round(kl, 4)})

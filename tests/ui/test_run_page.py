@@ -45,12 +45,13 @@ def test_live_run_shows_status_views_knobs_checkpoints_and_events(ui_env: ApiPro
     experts = at.table[0].value
     assert list(experts["current unit"]) == ["c3/rl/text", "c3/rl/image", "c3/rl/video"]
     assert {"Pause", "Cancel"} <= {b.label for b in at.button} and "Start" not in {b.label for b in at.button}
-    # accuracy: one chart per domain; reward and KL; the overlap heat map
+    # accuracy: one chart per domain; reward and KL; the overlap heat map; the engine's logprob gap and memory
     charts = at.get("vega_lite_chart")
-    assert len(charts) == 3 + 2 + 1
+    assert len(charts) == 3 + 2 + 1 + 2
     assert "accuracy on text" in charts[0].proto.spec and '"strokeWidth"' in charts[0].proto.spec
     assert "Phase II (OPD)" in charts[3].proto.spec
     assert "overlap at the end of cycle 3" in charts[5].proto.spec
+    assert "rollout/logp_gap" in charts[6].proto.spec and "memory/peak_gb" in charts[7].proto.spec
     assert at.slider(key=f"ov_cycle_{ui_env.ids['copd-live']}").value == 3
     # OPD mixing: values, history with where each version was applied
     text = shown(at)
@@ -68,15 +69,20 @@ def test_live_run_shows_status_views_knobs_checkpoints_and_events(ui_env: ApiPro
     assert events["message"].iloc[-1] == "created by admin"  # newest first
 
 
+def overlap_chart(at):
+    """The overlap heat map (the other tabs' charts render too)."""
+    return next(c for c in at.get("vega_lite_chart") if "overlap at the end of cycle" in c.proto.spec)
+
+
 def test_overlap_slider_picks_the_cycle(ui_env: ApiProcess) -> None:
     rid = ui_env.ids["copd-live"]
     at = open_page("run", run=str(rid))
     at.slider(key=f"ov_cycle_{rid}").set_value(1).run()
-    heat = at.get("vega_lite_chart")[-1]
+    heat = overlap_chart(at)
     assert "end of cycle 1" in heat.proto.spec
     assert chart_rows(heat) == [6]  # 3 experts × 2 others
     at.radio(key=f"ov_kind_{rid}").set_value("top-1").run()
-    assert "top-1 overlap at the end of cycle 1" in at.get("vega_lite_chart")[-1].proto.spec
+    assert "top-1 overlap at the end of cycle 1" in overlap_chart(at).proto.spec
     no_traceback(at)
 
 

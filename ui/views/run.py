@@ -105,7 +105,8 @@ def coevolution(run_id: int, experts: list[str]) -> None:
     except ApiError as err:
         show_error(err, "Could not load metrics")
         return
-    acc_tab, step_tab, overlap_tab = st.tabs(["Accuracy per cycle", "Reward & OPD KL", "Top-k overlap"])
+    acc_tab, step_tab, overlap_tab, engine_tab = st.tabs(["Accuracy per cycle", "Reward & OPD KL", "Top-k overlap",
+                                                         "Engine & memory"])
     with acc_tab:
         if acc.empty:
             st.info("No evaluation yet: accuracy appears after cycle 0's evaluation.")
@@ -113,29 +114,37 @@ def coevolution(run_id: int, experts: list[str]) -> None:
         for i, domain in enumerate(experts if not acc.empty else []):
             cols[i % len(cols)].altair_chart(charts.accuracy_chart(acc, domain, experts), width="stretch")
     with step_tab:
-        step_views(api, run_id, experts)
+        step_views(api, run_id, experts, ("reward/mean", "opd/kl"))
     with overlap_tab:
         overlap_view(api, run_id, experts, acc)
+    with engine_tab:
+        step_views(api, run_id, experts, ("rollout/logp_gap", "memory/peak_gb"))
+        st.caption("rollout/logp_gap: mean |log π_trainer − log π_sampler| of the sampled tokens (the rollout "
+                   "engine against the trainer's own forward; corrected by truncated importance sampling). "
+                   "memory/peak_gb: the unit process's peak (CUDA allocated on a GPU, RSS on a CPU).")
 
 
-def step_views(api: Api, run_id: int, experts: list[str]) -> None:
+PHASE_II_ONLY = {"opd/kl"}  # series with points in Phase II only: drawn with gaps between the phases
+
+
+def step_views(api: Api, run_id: int, experts: list[str], keys: tuple[str, str]) -> None:
+    """Two per-step series side by side, every expert a line, Phase I / II shaded."""
     try:
         phase = api.metrics(run_id, key="phase", expert=experts[0], max_points=STEP_POINTS)
-        reward = api.metrics(run_id, key="reward/mean", max_points=STEP_POINTS)
-        kl = api.metrics(run_id, key="opd/kl", max_points=STEP_POINTS)
+        series = [api.metrics(run_id, key=k, max_points=STEP_POINTS) for k in keys]
     except ApiError as err:
         show_error(err, "Could not load step metrics")
         return
     spans = frames.phase_spans(phase)
-    if reward.empty and kl.empty:
+    if all(s.empty for s in series):
         st.info("No training steps reported yet.")
         return
-    c = st.columns(2)
-    for col, series, title in ((c[0], reward, "reward/mean"), (c[1], frames.break_gaps(kl), "opd/kl")):
-        if series.empty:
+    for col, data, title in zip(st.columns(len(keys)), series, keys):
+        if data.empty:
             col.info(f"No `{title}` points yet.")
         else:
-            col.altair_chart(charts.step_chart(series, spans, title, experts), width="stretch")
+            data = frames.break_gaps(data) if title in PHASE_II_ONLY else data
+            col.altair_chart(charts.step_chart(data, spans, title, experts), width="stretch")
     st.caption(f"Shaded: Phase I (RLVR) and Phase II (mutual OPD). Series longer than {STEP_POINTS} points are "
                "min/max-downsampled by the API.")
 
