@@ -31,3 +31,11 @@ def test_gpu_check_script_runs_tiny_on_cpu():
 def test_gpu_check_half_billion_bf16():
     got = run_check(timeout=480)
     assert got["device"] != "no GPU (CPU)" and got["losses_finite"]
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_check_half_billion_vllm():
+    pytest.importorskip("vllm", reason="the vllm wheel is not installed here (docs/vllm.md)")
+    got = run_check("--engine", "vllm", timeout=480)
+    assert got["losses_finite"] and got["logp_gap_mean"] < 0.1  # bf16 engine vs bf16 trainer: small, not zero
