@@ -308,6 +308,9 @@ def launch(ctx, unit, reporter, nproc: int, *, poll_s: float = 0.1, control_s: f
 
     assert unit.kind in ("rl", "opd") and unit.expert is not None, unit
     check_shares(ctx.spec, nproc)
+    if torch.cuda.is_available() and torch.cuda.device_count() < nproc:
+        raise DistributedError(f"compute.gpus_per_expert={nproc}, but this worker sees {torch.cuda.device_count()} "
+                               "GPU(s): start it with --gpu listing as many (e.g. --gpu 0,1)")
     job = Path(tempfile.mkdtemp(prefix=f"copd-fsdp-{unit.expert}-"))
     _write_json(job / JOB, {"spec": ctx.spec.model_dump(mode="json"), "root": str(ctx.layout.root),
                             "base": str(ctx.layout.base), "unit": unit.id, "nproc": nproc})
