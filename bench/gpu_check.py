@@ -24,7 +24,7 @@ from pathlib import Path
 
 # hidden, layers, heads, kv_heads, intermediate: "0.5b" ≈ Qwen2.5-0.5B's body widened to ~0.47B parameters
 # (a character vocabulary instead of its 152k-token embedding).
-SIZES = {"0.5b": (1024, 24, 16, 2, 5504), "tiny": (32, 1, 2, 1, 64)}
+SIZES = {"0.5b": (1024, 24, 16, 2, 5504), "tiny": (64, 1, 2, 1, 128)}  # tiny: head_dim 32, as vLLM CPU needs
 
 
 def spec_for(base: Path, size: str, engine: str, dtype: str) -> dict:
