@@ -59,6 +59,10 @@ def train(
     from trainer.domains import DomainError
     from trainer.local import RunDirError, train_local
 
+    from trainer.engines import environment_problems
+
+    for problem in environment_problems(run_spec.rollout, run_spec.compute):
+        fail(problem)
     display = ConsoleDisplay(quiet=quiet)
     try:
         train_local(run_spec, out, get_settings().model_cache, resume=resume, display=display,

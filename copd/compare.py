@@ -316,7 +316,7 @@ def _divergence(suite: Suite, by_entry: dict[str, list[RunResult]], doms: list[s
         return []
     costs = [own[s] - mix[s] for s in seeds]
     out = ["## Inter-capability divergence cost", "",
-           f"Independent experts, each on its own domain, minus mixed RLVR (mean over domains), per seed: "
+           "Independent experts, each on its own domain, minus mixed RLVR (mean over domains), per seed: "
            + ", ".join(f"s{s}: {c:+.3f}" for s, c in zip(seeds, costs))
            + f" → **{_mean(costs):+.3f} ± {_sd(costs):.3f}** (positive = mixed RLVR pays a cost).", "",
            "Per domain (mean over seeds): " + ", ".join(

@@ -93,3 +93,20 @@ def peak_memory_gb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**30
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def environment_problems(rollout: RolloutSpec, compute: ComputeSpec) -> list[str]:
+    """What this machine lacks for the spec's `rollout` / `compute` choices (one line each; empty when fine).
+
+    Checked before a run starts, so a missing vLLM or GPU is reported at once, not after the warm start.
+    """
+    problems = []
+    if rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        problems.append("rollout.engine: vllm is not installed in this environment (docs/vllm.md), "
+                        "or use engine: hf / auto")
+    if gpu_present() and torch.cuda.device_count() < compute.gpus_per_expert:
+        problems.append(f"compute.gpus_per_expert: {compute.gpus_per_expert} GPUs per expert, but "
+                        f"{torch.cuda.device_count()} visible (CUDA_VISIBLE_DEVICES)")
+    if compute.dtype == "bf16" and gpu_present() and not torch.cuda.is_bf16_supported():
+        problems.append("compute.dtype: bf16 is not supported by this GPU; use fp32 or auto")
+    return problems

@@ -9,7 +9,7 @@ from fastapi import Query
 from server import crud
 from server.deps import Reader, RunId, SessionDep, Writer
 from server.guard import router
-from server.schemas import MAX_ID, EventCreate, EventLevel, EventList, EventPublic
+from server.schemas import EventCreate, EventLevel, EventList, EventPublic
 
 api = router(tags=["events"])
 

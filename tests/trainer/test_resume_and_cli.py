@@ -1,5 +1,6 @@
 """Resume gives the same numbers as an uninterrupted run; the CLI fails cleanly on bad input."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -49,6 +50,11 @@ def _copd(*args, env_dir: Path) -> subprocess.CompletedProcess:
     ("name: x\nexperts: [{name: a, domain: builtin:grid}, {name: b, domain: builtin:grid}]\nbogus: 1\n", "bogus"),
     ("name: [unclosed\n", "YAML"),
     ("name: x\nexperts: [{name: a, domain: {type: jsonl, path: BAD}}, {name: b, domain: builtin:grid}]\n", ":2: missing field 'answer'"),
+    ("name: x\nexperts: [{name: a, domain: builtin:grid}, {name: b, domain: builtin:grid}]\ncompute: {gpus_per_expert: 3}\n",
+     "grpo.prompts_per_step: must be a multiple of compute.gpus_per_expert=3"),
+    pytest.param("name: x\nexperts: [{name: a, domain: builtin:grid}, {name: b, domain: builtin:grid}]\nrollout: {engine: vllm}\n",
+                 "rollout.engine: vllm is not installed", id="vllm-missing",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")),
 ])
 def test_cli_bad_input_one_line_and_nothing_written(tmp_path, content, needle):
     bad = tmp_path / "bad.jsonl"
