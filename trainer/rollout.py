@@ -305,20 +305,30 @@ class LeanDecoder:
 
     @torch.no_grad()
     def sample(self, ids: Tensor, mask: Tensor, *, max_new_tokens: int, temperature: float, greedy: bool,
-               eos_id: int, pad_id: int) -> tuple[Tensor, Tensor]:
-        """Completions [N, T] and their log π at `temperature` [N, T], as `generate` would sample them.
+               eos_id: int, pad_id: int, n: int = 1) -> tuple[Tensor, Tensor]:
+        """n completions of each prompt row, [U·n, T] (rows of a prompt consecutive), and their log π at
+        `temperature`, as `generate` would sample them from the prompts repeated n times.
 
-        T stops early when every row has emitted EOS; after its EOS a row gets pad tokens.
+        ids, mask: [U, P]. Each prompt is prefilled once and its keys/values copied to its n rows. T stops
+        early when every row has emitted EOS; after its EOS a row gets pad tokens.
         """
-        n, p = ids.shape
+        u, p = ids.shape
         ref = self.model.model.embed_tokens.weight
+        weights = self.weights()  # fused once per call: the parameters do not move while sampling
+        pos = position_ids_from_mask(mask)
+        shape = (u, self.kv_heads, p, self.head_dim)
+        prefill = [(ref.new_empty(shape), ref.new_empty(shape)) for _ in self.model.model.layers]
+        logits = self.forward(ids, mask, pos, logits_from=p - 1, cache=prefill, weights=weights)[:, -1]  # [U, V]
+        if n > 1:
+            ids, mask, pos, logits = (x.repeat_interleave(n, 0) for x in (ids, mask, pos, logits))
+        n = ids.shape[0]                                                              # rows: U·n
         shape = (n, self.kv_heads, p + max_new_tokens, self.head_dim)
         cache = [(ref.new_empty(shape), ref.new_empty(shape)) for _ in self.model.model.layers]
+        for (kc, vc), (kp, vp) in zip(cache, prefill):
+            kc[:, :, :p] = kp.repeat_interleave(len(kc) // len(kp), 0)
+            vc[:, :, :p] = vp.repeat_interleave(len(vc) // len(vp), 0)
         keys = torch.cat([mask, mask.new_ones(n, max_new_tokens)], dim=1)             # [N, P + T]
-        pos = position_ids_from_mask(mask)
         next_pos = pos[:, -1:] + 1
-        weights = self.weights()  # fused once per call: the parameters do not move while sampling
-        logits = self.forward(ids, mask, pos, logits_from=p - 1, cache=cache, weights=weights)[:, -1]  # [N, V]
         alive = torch.ones(n, dtype=torch.bool, device=ids.device)
         toks, logps = [], []
         for t in range(max_new_tokens):
@@ -347,13 +357,13 @@ class HFEngine:
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], n: int, *, temperature: float, max_new_tokens: int,
                greedy: bool = False) -> Rollout:
-        ids, mask = (x.to(self.device) for x in encode_prompts(self.tokenizer, prompts))
-        ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)      # [N, P], N = len·n
+        ids, mask = (x.to(self.device) for x in encode_prompts(self.tokenizer, prompts))   # [U, P]
         lean = LeanDecoder.of(self.model)
-        if lean is not None:
+        if lean is not None:  # each prompt prefilled once for its n samples
             comp, logp = lean.sample(ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                                     greedy=greedy, eos_id=self.eos_id, pad_id=self.pad_id)   # [N, T] each
-        else:
+                                     greedy=greedy, eos_id=self.eos_id, pad_id=self.pad_id, n=n)  # [N, T] each
+        ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)      # [N, P], N = U·n
+        if lean is None:
             comp, logp = self._generate(ids, mask, temperature, max_new_tokens, greedy)
         cmask = completion_mask(comp, self.eos_id)
         logp = logp * cmask

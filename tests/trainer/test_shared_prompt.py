@@ -52,3 +52,19 @@ def test_shared_forward_equals_row_by_row_logits_and_gradients():
     # and the sampler's logprobs are what the trainer computes
     lp = token_logprobs(shared, b.completion_ids) * b.completion_mask
     assert (lp - roll.logp).abs().max() < 1e-5
+
+
+def test_sampling_prefills_each_prompt_once_with_the_same_result():
+    """n samples of a prompt (one prefill, keys/values copied) = the prompt repeated n times, token for token."""
+    model, _ = _setup()
+    from trainer.models import build_char_tokenizer
+
+    engine = HFEngine(model, build_char_tokenizer(set("0123456789+=abc")))
+    torch.manual_seed(7)
+    shared = engine.sample(["1+2=", "33+4=", "a"], 4, temperature=1.0, max_new_tokens=8)
+    torch.manual_seed(7)
+    repeated = engine.sample([p for p in ["1+2=", "33+4=", "a"] for _ in range(4)], 1, temperature=1.0, max_new_tokens=8)
+    assert torch.equal(shared.tokens.completion_ids, repeated.tokens.completion_ids)
+    assert torch.equal(shared.tokens.prompt_ids, repeated.tokens.prompt_ids)
+    assert (shared.logp - repeated.logp).abs().max() < 1e-6
+    assert shared.texts == repeated.texts and shared.prompt_index == [0] * 4 + [1] * 4 + [2] * 4
