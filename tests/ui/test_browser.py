@@ -106,3 +106,30 @@ def test_change_beta_in_the_browser(chromium: str, dashboard: str, api_server: A
         raise
     finally:
         browser.close()
+
+
+def test_engine_tab_in_the_browser(chromium: str, dashboard: str, api_server: ApiProcess, tmp_path: Path) -> None:
+    """The Engine & memory tab draws the logprob-gap and memory series (screenshot: test-artifacts/engine-tab.png)."""
+    run_id = api_server.ids["copd-live"]
+    browser = Browser(tmp_path / "profile", width=1400, height=1400)
+    shot = ARTIFACT.with_name("engine-tab.png")
+    tab = """[...document.querySelectorAll('[role="tab"]')].find(b => b.innerText.includes('Engine & memory'))"""
+    try:
+        browser.open(f"{dashboard}/run?run={run_id}")
+        wait_until(lambda: browser.js(f"!!{tab}"), 60, "the Engine & memory tab")
+        wait_until(lambda: _settled(browser), 60, "the charts to draw")
+        browser.js(f"{tab}.click()")
+        visible = """(() => {
+            const panel = [...document.querySelectorAll('[role="tabpanel"]')].find(p => p.offsetParent !== null &&
+                p.innerText.includes('rollout/logp_gap: mean'));
+            return !!panel && panel.querySelectorAll('.vega-embed canvas, .vega-embed svg.marks').length >= 2;
+        })()"""
+        wait_until(lambda: browser.js(visible), 30, "two charts in the Engine & memory tab")
+        browser.js(f"{tab}.scrollIntoView()")
+        browser.screenshot(shot)
+        assert shot.stat().st_size > 10_000
+    except BaseException:
+        browser.screenshot(shot.with_name("engine-tab-failure.png"))
+        raise
+    finally:
+        browser.close()
