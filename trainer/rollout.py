@@ -10,6 +10,7 @@ behind the same interface; `trainer.engines` picks one by the spec's `rollout.en
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
@@ -117,13 +118,43 @@ def forward_logits(model, batch: TokenBatch) -> Tensor:
     attn = torch.cat([batch.prompt_mask, torch.ones_like(batch.completion_ids)], dim=1)
     p, t = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
     lean = LeanDecoder.of(model)
+    g = shared_prompt_rows(batch)
     if lean is not None:
-        g = shared_prompt_rows(batch)
         if g > 1:  # G samples of one prompt: its tokens go through the model once (same logits and gradients)
             return lean.forward_shared(batch.prompt_ids[::g], batch.prompt_mask[::g], batch.completion_ids, g)
         return lean.forward(ids, attn, position_ids_from_mask(attn), logits_from=p - 1)[:, :t]
+    if g > 1:
+        shared = _forward_shared_cache(model, batch, g)
+        if shared is not None:
+            return shared
     out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=False)
     return out.logits[:, p - 1: p + t - 1]
+
+
+def _forward_shared_cache(model, batch: TokenBatch, g: int) -> Tensor | None:
+    """`forward_logits` through transformers with each prompt run once: the prompts' KV cache, repeated g
+    times (`Cache.batch_repeat_interleave`, differentiable), serves their completions. [N, T, V], or None
+    when the model returns no cache (e.g. gradient checkpointing turns it off).
+    """
+    p_ids, p_mask = batch.prompt_ids[::g], batch.prompt_mask[::g]                 # [U, P]
+    pos_p = position_ids_from_mask(p_mask)
+    params = inspect.signature(model.forward).parameters
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=pos_p, use_cache=True, **keep)
+    cache = out.get("cache", out.get("past_key_values"))  # transformers ≥ 5.20 renamed past_key_values to cache
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    first = out.logits[:, -1:].repeat_interleave(g, 0)                           # [N, 1, V] predicts token 0
+    n, t = batch.completion_ids.shape
+    if t == 1:
+        return first
+    cache.batch_repeat_interleave(g)
+    attn = torch.cat([p_mask.repeat_interleave(g, 0), torch.ones_like(batch.completion_ids)], dim=1)  # [N, P + T]
+    pos_c = (pos_p[:, -1:] + 1 + torch.arange(t - 1, device=pos_p.device)).repeat_interleave(g, 0)     # [N, T - 1]
+    cache_arg = "cache" if "cache" in params else "past_key_values"
+    rest = model(input_ids=batch.completion_ids[:, : t - 1], attention_mask=attn[:, : attn.shape[1] - 1],
+                 position_ids=pos_c, use_cache=True, **{cache_arg: cache})
+    return torch.cat([first, rest.logits], dim=1)
 
 
 def shared_prompt_rows(batch: TokenBatch) -> int:
