@@ -67,10 +67,12 @@ class RunContext:
                 self._models.popitem(last=False)
         return model, tok
 
-    def scorer(self, folder: Path) -> HFEngine:
-        """A frozen model that only scores tokens (a Phase II teacher, the KL reference), on its device."""
+    def scorer(self, folder: Path, device: torch.device | None = None) -> HFEngine:
+        """A frozen model on its device: a Phase II teacher or the KL reference (by `compute.teacher_device`),
+        or a model under evaluation (`device` = the unit's GPU)."""
         model, tok = self.load(folder)
-        return HFEngine(place(model, self.spec.compute, teacher_device(self.spec.compute), trainable=False), tok)
+        device = device if device is not None else teacher_device(self.spec.compute)
+        return HFEngine(place(model, self.spec.compute, device, trainable=False), tok)
 
     def _key(self, folder: Path) -> str:
         try:
@@ -224,7 +226,7 @@ def run_eval_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> dict[str, 
     torch.manual_seed(ctx.unit_seed(unit))
     folders = (single_eval_folders(spec, layout, unit.cycle)
                or {e: layout.end_of_cycle(e, unit.cycle) for e in spec.expert_names})
-    engines = {e: HFEngine(*ctx.load(f)) for e, f in folders.items()}
+    engines = {e: ctx.scorer(f, student_device()) for e, f in folders.items()}
     results: dict[str, dict[str, float]] = {}
     base_row: dict[str, float] | None = None
     for e, engine in engines.items():
@@ -272,7 +274,7 @@ def run_merge_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
     if not single:
         model.load_state_dict(merge_state_dicts([m.state_dict() for m, _ in models], weights))
     step = max(int(read_state(f).get("step", 0)) if spec.schedule.cycles and f != layout.base else 0 for f in folders)
-    engine = HFEngine(model, tok)
+    engine = HFEngine(place(model, spec.compute, student_device(), trainable=False), tok)
     row = {}
     for owner, dom in ctx.domains.items():
         row[f"acc/{owner}"], row[f"eval_len/{owner}"] = accuracy(engine, dom, spec.eval.prompts, spec.grpo.max_new_tokens)
