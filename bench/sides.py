@@ -11,6 +11,7 @@ import itertools
 import torch
 
 from bench.common import NATIVE, TEACHER_DOMAINS, Sizes, Step, Workload
+from trainer import rollout
 from trainer.rollout import HFEngine, LeanDecoder, encode_prompts
 from trainer.spec import GrpoSpec, OpdSpec
 from trainer.update import cross_batch, native_batch, update_step
@@ -34,13 +35,14 @@ def prompt_stream(wl: Workload, domain: str, per_step: int):
 
 
 def without_lean(step: Step) -> Step:
-    """The same side with `LeanDecoder` off: copd as it was before issue 9 (transformers forward and `generate`)."""
+    """The same side as copd was before issue 9: `LeanDecoder` off (transformers forward and `generate`) and no
+    prompt sharing in the training forward."""
     def run() -> int:
-        LeanDecoder.enabled = False
+        LeanDecoder.enabled, rollout.SHARE_PROMPTS = False, False
         try:
             return step()
         finally:
-            LeanDecoder.enabled = True
+            LeanDecoder.enabled, rollout.SHARE_PROMPTS = True, True
     return run
 
 

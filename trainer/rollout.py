@@ -118,7 +118,7 @@ def forward_logits(model, batch: TokenBatch) -> Tensor:
     attn = torch.cat([batch.prompt_mask, torch.ones_like(batch.completion_ids)], dim=1)
     p, t = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
     lean = LeanDecoder.of(model)
-    g = shared_prompt_rows(batch)
+    g = shared_prompt_rows(batch) if SHARE_PROMPTS else 1
     if lean is not None:
         if g > 1:  # G samples of one prompt: its tokens go through the model once (same logits and gradients)
             return lean.forward_shared(batch.prompt_ids[::g], batch.prompt_mask[::g], batch.completion_ids, g)
@@ -155,6 +155,9 @@ def _forward_shared_cache(model, batch: TokenBatch, g: int) -> Tensor | None:
     rest = model(input_ids=batch.completion_ids[:, : t - 1], attention_mask=attn[:, : attn.shape[1] - 1],
                  position_ids=pos_c, use_cache=True, **{cache_arg: cache})
     return torch.cat([first, rest.logits], dim=1)
+
+
+SHARE_PROMPTS = True  # False: every row's prompt through the training forward again (the bench's "before" side)
 
 
 def shared_prompt_rows(batch: TokenBatch) -> int:
