@@ -19,14 +19,14 @@ from typing import Any
 import torch
 
 from trainer.checkpoint import CheckpointInfo, read_state
-from trainer.engines import peak_memory_gb, place, student_device, student_engine
+from trainer.engines import place, student_device, student_engine
 from trainer.domains import Domain, Sample
 from trainer.reporter import Reporter
 from trainer.rollout import HFEngine
 from trainer.schedule import MIXED, STUDENT, Unit, steps_of
 from trainer.spec import RunSpec, beta_for
 from trainer.update import NativeBatch, cross_batch, draw, pooled_batch
-from trainer.units import Cancelled, RunContext, _optimizer, report_step, save_unit, train_step
+from trainer.units import Cancelled, RunContext, _optimizer, report_step, save_unit, step_values, train_step
 
 
 def allocate(weights: dict[str, float], n: int, rng: random.Random) -> dict[str, int]:
@@ -87,12 +87,8 @@ def run_single_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoi
             t_roll = time.perf_counter() - t0
             values = train_step(engine, model, opt, native, cross, spec, float(knobs.get("lr") or spec.grpo.lr))
             step += 1
-            rollout_tokens = (native.rollout.completion_tokens if native else 0) + sum(c.rollout.completion_tokens for c in cross)
-            values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "cost/rollout_tokens": float(rollout_tokens),
-                       "knobs/version": float(version), "memory/peak_gb": peak_memory_gb(dev),
-                       "phase": 1.0 if unit.kind == "mixed" else 2.0}
-            if cross:
-                values["opd/beta"] = beta_for(knobs, STUDENT, spec.opd.beta)
+            beta = beta_for(knobs, STUDENT, spec.opd.beta) if cross else None
+            values = step_values(values, unit, native, cross, beta, t_roll, version, dev)
             report_step(reporter, name, unit, step, i, n_steps, values, version, t_unit)
     finally:
         engine.close()

@@ -157,11 +157,12 @@ def step_batches(ctx: RunContext, unit: Unit, engine, teachers: dict[str, HFEngi
 
 def step_values(values: dict[str, float], unit: Unit, native, cross, beta: float | None, t_roll: float,
                 version: int, device: torch.device) -> dict[str, float]:
-    """update_step's metrics plus the step's rollout throughput and cost, knob version, memory and phase."""
-    rollout_tokens = native.rollout.completion_tokens + sum(c.rollout.completion_tokens for c in cross)
+    """update_step's metrics plus the step's rollout throughput and cost, knob version, memory and phase
+    (1: RLVR — Phase I, mixed RLVR —; 2: with OPD). native may be None (a distill step without GRPO)."""
+    rollout_tokens = (native.rollout.completion_tokens if native else 0) + sum(c.rollout.completion_tokens for c in cross)
     values |= {"tokens/rollout_per_s": rollout_tokens / max(t_roll, 1e-9), "cost/rollout_tokens": float(rollout_tokens),
                "knobs/version": float(version), "memory/peak_gb": peak_memory_gb(device),
-               "phase": 1.0 if unit.kind == "rl" else 2.0}
+               "phase": 1.0 if unit.kind in ("rl", "mixed") else 2.0}
     if beta is not None:
         values["opd/beta"] = beta
     return values
