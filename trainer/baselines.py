@@ -12,7 +12,6 @@ student). Both train ONE policy, so they share a loop; what differs is the batch
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from trainer.rollout import HFEngine
 from trainer.schedule import MIXED, STUDENT, Unit, steps_of
 from trainer.spec import RunSpec, beta_for
 from trainer.update import NativeBatch, cross_batch, draw, pooled_batch
-from trainer.units import Cancelled, RunContext, _optimizer, report_step, save_unit, step_values, train_step
+from trainer.units import RunContext, _optimizer, save_unit, train_steps
 
 
 def allocate(weights: dict[str, float], n: int, rng: random.Random) -> dict[str, int]:
@@ -76,22 +75,11 @@ def run_single_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoi
                  for t in spec.distill_teachers()} if unit.kind == "distill" else {})
     reporter.event(f"{unit.id}: {n_steps} steps of {name} from {src.name}"
                    + (f", fixed teachers {', '.join(teachers)}" if teachers else ""), expert=name)
-    t_unit = time.perf_counter()
-    try:
-        for i in range(n_steps):
-            if reporter.should_stop():
-                raise Cancelled(unit.id)
-            version, knobs = reporter.knobs()
-            t0 = time.perf_counter()
-            native, cross = _batches(ctx, unit, engine, teachers, reference, knobs, rng)
-            t_roll = time.perf_counter() - t0
-            values = train_step(engine, model, opt, native, cross, spec, float(knobs.get("lr") or spec.grpo.lr))
-            step += 1
-            beta = beta_for(knobs, STUDENT, spec.opd.beta) if cross else None
-            values = step_values(values, unit, native, cross, beta, t_roll, version, dev)
-            report_step(reporter, name, unit, step, i, n_steps, values, version, t_unit)
-    finally:
-        engine.close()
+    def batches(knobs):
+        native, cross = _batches(ctx, unit, engine, teachers, reference, knobs, rng)
+        return native, cross, beta_for(knobs, STUDENT, spec.opd.beta) if cross else None
+
+    step, version = train_steps(ctx, unit, reporter, name, engine, model, opt, step, n_steps, version, dev, batches)
     return save_unit(ctx.layout.single(unit), model, tok, opt, reporter, name, unit, step, version)
 
 

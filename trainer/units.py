@@ -168,6 +168,30 @@ def step_values(values: dict[str, float], unit: Unit, native, cross, beta: float
     return values
 
 
+def train_steps(ctx: RunContext, unit: Unit, reporter: Reporter, name: str, engine, model, opt, step: int,
+                n_steps: int, version: int, device: torch.device,
+                batches: Callable[[dict[str, Any]], tuple]) -> tuple[int, int]:
+    """A training unit's step loop: at each step boundary the cancel flag and the latest knobs, then
+    `batches(knobs)` → (native, cross, β or None), one optimizer step, the step's report. Closes the engine
+    at the end (a vLLM engine gives its memory back before the next unit starts). Returns (step, version)."""
+    t_unit = time.perf_counter()
+    try:
+        for i in range(n_steps):
+            if reporter.should_stop():
+                raise Cancelled(unit.id)
+            version, knobs = reporter.knobs()  # step boundary: the latest knobs apply from here on
+            t0 = time.perf_counter()
+            native, cross, beta = batches(knobs)
+            t_roll = time.perf_counter() - t0
+            values = train_step(engine, model, opt, native, cross, ctx.spec, float(knobs.get("lr") or ctx.spec.grpo.lr))
+            step += 1
+            values = step_values(values, unit, native, cross, beta, t_roll, version, device)
+            report_step(reporter, name, unit, step, i, n_steps, values, version, t_unit)
+    finally:
+        engine.close()
+    return step, version
+
+
 def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> CheckpointInfo:
     """Phase I (RLVR) or Phase II (native GRPO + mutual OPD) steps of one expert; writes its checkpoint.
 
@@ -197,21 +221,8 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
     reference = ctx.scorer(ctx.layout.base) if spec.grpo.kl_coef > 0 else None
     reporter.event(f"{unit.id}: {n_steps} steps from {src.name}"
                    + (f", teachers {', '.join(teachers)}" if teachers else ""), expert=expert)
-    t_unit = time.perf_counter()
-    try:
-        for i in range(n_steps):
-            if reporter.should_stop():
-                raise Cancelled(unit.id)
-            version, knobs = reporter.knobs()  # step boundary: the latest knobs apply from here on
-            t0 = time.perf_counter()
-            native, cross, beta = step_batches(ctx, unit, engine, teachers, reference, knobs, rng)
-            t_roll = time.perf_counter() - t0
-            values = train_step(engine, model, opt, native, cross, spec, float(knobs.get("lr") or spec.grpo.lr))
-            step += 1
-            values = step_values(values, unit, native, cross, beta, t_roll, version, dev)
-            report_step(reporter, expert, unit, step, i, n_steps, values, version, t_unit)
-    finally:
-        engine.close()  # a vLLM engine gives its memory back before the next unit starts
+    step, version = train_steps(ctx, unit, reporter, expert, engine, model, opt, step, n_steps, version, dev,
+                                lambda knobs: step_batches(ctx, unit, engine, teachers, reference, knobs, rng))
     return save_unit(ctx.layout.unit_output(unit), model, tok, opt, reporter, expert, unit, step, version)
 
 
