@@ -16,6 +16,7 @@ Used through Celery's `broker_transport` setting (server.dispatch.broker_config)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import uuid
@@ -27,14 +28,16 @@ from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 
 log = logging.getLogger("copd.broker")
+_SENT = itertools.count()  # messages this process has sent
 
 
 class Channel(filesystem.Channel):
     """Atomic put (write a hidden file, fsync, rename) and atomic claim (rename) of message files."""
 
     def _put(self, queue, payload, **kwargs):
-        # zero-padded milliseconds: names sort in sending order (kombu's unpadded ones do not, past a digit)
-        name = f"{int(round(monotonic() * 1000)):015d}_{uuid.uuid4()}.{queue}.msg"
+        # zero-padded milliseconds, then this process's send counter: names sort in sending order (kombu's
+        # unpadded ones do not, past a digit; two sends within one millisecond keep their order too)
+        name = f"{int(round(monotonic() * 1000)):015d}_{next(_SENT):012d}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         tmp = os.path.join(self.data_folder_out, f".{name}.tmp")  # `.x.q.msg.tmp` never matches `<x>.q.msg`
         with open(tmp, "wb") as f:
