@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
 
-from copd.settings import Settings  # noqa: E402
+from contract.settings import Settings  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.db import upgrade  # noqa: E402
 

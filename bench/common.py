@@ -12,7 +12,7 @@ import torch
 
 from trainer.domains import Domain, load_domain
 from trainer.models import build_char_tokenizer, build_tiny_model
-from trainer.spec import TinyModelSpec
+from contract.spec import TinyModelSpec
 
 NATIVE, TEACHER_DOMAINS = "builtin:arith", ("builtin:grid", "builtin:frames")
 MODELS = {  # the builtin:tiny recipe, and a larger one so results are not only per-op overhead

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from trainer.local import train_local
-    from trainer.spec import parse_spec
+    from contract.spec import parse_spec
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (CPU)"
     print(f"device: {gpu}; torch {torch.__version__}; size {args.size}, engine {args.engine}, dtype {args.dtype}", flush=True)

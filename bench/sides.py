@@ -13,7 +13,7 @@ import torch
 from bench.common import NATIVE, TEACHER_DOMAINS, Sizes, Step, Workload
 from trainer import rollout
 from trainer.rollout import HFEngine, LeanDecoder, encode_prompts
-from trainer.spec import GrpoSpec, OpdSpec
+from contract.spec import GrpoSpec, OpdSpec
 from trainer.update import cross_batch, native_batch, update_step
 
 LR = 1e-4

@@ -1,3 +1,3 @@
-"""copd: the command line, settings and HTTP client shared by the control plane's parts."""
+"""copd: the command line (the roof over every part: CLI, the embedded stack, compare, watch)."""
 
-__version__ = "0.1.0"
+from contract import __version__  # noqa: F401

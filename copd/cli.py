@@ -47,7 +47,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run a whole CoPD run in this process (no server): cycles of RLVR and mutual OPD, then merge."""
-    from trainer.spec import SpecError, load_spec
+    from contract.spec import SpecError, load_spec
 
     try:
         run_spec = load_spec(spec)
@@ -55,7 +55,7 @@ def train(
         fail(str(err))
     _quiet_libraries()
     from copd.display import ConsoleDisplay
-    from copd.settings import get_settings
+    from contract.settings import get_settings
     from trainer.domains import DomainError
     from trainer.local import RunDirError, train_local
 
@@ -135,7 +135,7 @@ def up(host: str = typer.Option("127.0.0.1", help="API bind address."),
        ui_port: int = typer.Option(8501, "--ui-port", help="Dashboard port."),
        no_ui: bool = typer.Option(False, "--no-ui", help="Do not start the dashboard.")) -> None:
     """Start the API, one worker and the dashboard on this machine; Ctrl-C stops all of them."""
-    from copd.settings import get_settings
+    from contract.settings import get_settings
     from copd.stack import Child, child_env, copd_argv, hide_password, port_free, run_stack, ui_entry
 
     settings = get_settings()
@@ -175,7 +175,7 @@ def up(host: str = typer.Option("127.0.0.1", help="API bind address."),
 # ---- runs and knobs over the API -------------------------------------------------------------------
 
 def _api():
-    from copd.client import ApiError, Client
+    from contract.client import ApiError, Client
 
     try:
         return Client.from_settings()
@@ -185,7 +185,7 @@ def _api():
 
 def _call(fn, *args, **kwargs):
     """An API call; ApiError becomes one line on stderr and exit 1."""
-    from copd.client import ApiError
+    from contract.client import ApiError
 
     try:
         return fn(*args, **kwargs)
@@ -198,7 +198,7 @@ def runs_create(spec: Path = typer.Argument(..., help="Run spec, YAML or JSON.")
                 draft: bool = typer.Option(False, "--draft", help="Create it without starting it."),
                 watch: bool = typer.Option(False, "--watch", "-w", help="Then watch it until it ends.")) -> None:
     """Create a run from SPEC on the API and start it (workers pick it up)."""
-    from trainer.spec import SpecError, load_spec
+    from contract.spec import SpecError, load_spec
 
     try:
         run_spec = load_spec(spec)

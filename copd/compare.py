@@ -21,7 +21,7 @@ import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trainer.spec import STRATEGIES, RunSpec, SpecError, format_validation_error, load_spec, parse_spec
+from contract.spec import STRATEGIES, RunSpec, SpecError, format_validation_error, load_spec, parse_spec
 
 
 class SuiteEntry(BaseModel):
@@ -93,7 +93,7 @@ def _run_one(spec_json: str, out: str, model_cache: str) -> tuple[str, float]:
     """One run to completion (resumed if cut off, skipped if done); returns (out, seconds)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from trainer.local import RunState, train_local
-    from trainer.schedule import plan
+    from contract.plan import plan
 
     spec = RunSpec.model_validate_json(spec_json)
     t0 = time.time()
@@ -141,7 +141,7 @@ def compare(suite_path: Path, out: Path, seeds: list[int] | None = None, *, jobs
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if model_cache is None:
-        from copd.settings import get_settings
+        from contract.settings import get_settings
 
         model_cache = get_settings().model_cache
     t0 = time.time()

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from trainer.schedule import Unit
+from contract.plan import Unit
 
 PHASES = {"rl": "Phase I RLVR", "opd": "Phase II OPD", "eval": "evaluate", "merge": "merge"}
 

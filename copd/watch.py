@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from copd.client import Client
-from server.schemas import RunPublic
+from contract.client import Client
+from contract.schemas import RunPublic
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 PHASES = {"rl": "Phase I RLVR", "opd": "Phase II OPD", "eval": "evaluate", "merge": "merge"}

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from copd import __version__
-from copd.settings import Settings, get_settings
+from contract import __version__
+from contract.settings import Settings, get_settings
 from server import crud
 from server.auth import ADMIN_NAME, admin_token, hash_token
 from server.db import make_engine, make_sessionmaker, require_head
@@ -18,7 +18,7 @@ from server.dispatch import CeleryDispatcher
 from server.errors import install as install_error_handlers
 from server.guard import BodyLimit, router
 from server.reaper import reaper_loop
-from server.routes import checkpoints, events, health, knobs, lifecycle, metrics, runs, tokens, worker
+from server.routes import checkpoints, events, health, knobs, lifecycle, metrics, runs, tokens, vocab, worker
 
 log = logging.getLogger("copd.server")
 MAX_BODY = 32 * 2**20  # bytes; a full 10,000-point batch is about 1 MB
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY)
     app.include_router(health.api)
     v1 = router(prefix="/api/v1")
-    for module in (runs, lifecycle, knobs, metrics, checkpoints, events, worker, tokens):
+    for module in (runs, lifecycle, knobs, metrics, checkpoints, events, worker, tokens, vocab):
         v1.include_router(module.api)
     app.include_router(v1)
     return app

@@ -11,7 +11,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from copd.settings import Settings
+from contract.settings import Settings
 
 log = logging.getLogger("copd.server")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from copd.settings import get_settings
+from contract.settings import get_settings
 from server.db import head_revision, upgrade
 
 

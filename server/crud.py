@@ -16,11 +16,12 @@ from server import rules
 from server.errors import Conflict, Invalid, NotFound, invalid_from
 from server.models import Checkpoint, Event, Expert, Heartbeat, KnobVersion, Metric, Run, Token, utcnow
 from server.schemas import CheckpointCreate, MetricPointIn, MetricPointOut, ProgressReport, Series
-from trainer.spec import RESERVED_EXPERT_NAMES, RunSpec, knobs_from_spec, validate_knob_changes
+from contract.spec import RunSpec, knobs_from_spec, validate_knob_changes
+from contract.vocab import COMPLETED, RESERVED_EXPERT_NAMES, RUNNING
 
 # Series and checkpoint owners besides the experts: the merged model, the base, and the trainer's other
 # reserved policies (e.g. a baseline's single mixed policy or distilled student).
-SERIES_EXTRA = tuple(dict.fromkeys(("merged", "base", *RESERVED_EXPERT_NAMES)))
+SERIES_EXTRA = RESERVED_EXPERT_NAMES  # merged, base, mixed, student: series and checkpoints of no expert
 CHUNK = 5_000  # rows per executemany: bounded memory, well under SQLite's variable limit
 
 
@@ -114,11 +115,11 @@ def transition(session: Session, *, run_id: int, rule: rules.Transition, verb: s
         raise Conflict(f"run {run_id} is {current}; {verb} needs it {allowed}")
     now = utcnow()
     values: dict[str, Any] = {"status": rule.to, "status_changed_at": now}
-    if rule.to == "running":
+    if rule.to == RUNNING:
         values["started_at"] = func.coalesce(Run.started_at, now)
     if rule.to in rules.TERMINAL:
         values["finished_at"] = now
-    if rule.to == "completed":
+    if rule.to == COMPLETED:
         values["progress"] = 1.0
     done = session.execute(update(Run).where(Run.id == run_id, Run.status == current).values(**values))
     if done.rowcount != 1:  # another request moved it between our read and write
@@ -226,10 +227,11 @@ def write_metrics(session: Session, *, run_id: int, points: Sequence[MetricPoint
     for p in points:
         rows[(p.expert or "", p.key, p.step)] = {
             "run_id": run_id, "expert": p.expert or "", "key": p.key, "step": p.step, "value": p.value,
-            "wall_time": now if p.wall_time is None else p.wall_time}
+            "wall_time": now if p.wall_time is None else p.wall_time, "cycle": p.cycle}
     stmt = _insert(session)(Metric.__table__)
     stmt = stmt.on_conflict_do_update(index_elements=["run_id", "expert", "key", "step"],
-                                      set_={"value": stmt.excluded.value, "wall_time": stmt.excluded.wall_time})
+                                      set_={"value": stmt.excluded.value, "wall_time": stmt.excluded.wall_time,
+                                            "cycle": stmt.excluded.cycle})
     values = list(rows.values())
     for start in range(0, len(values), CHUNK):
         session.execute(stmt, values[start:start + CHUNK])
@@ -252,13 +254,13 @@ def read_series(session: Session, *, run_id: int, key: str | None, expert: str |
     out = []
     for e, k, n, lo, hi in found:
         if n <= max_points:
-            rows = session.execute(select(Metric.step, Metric.value, Metric.wall_time).where(
+            rows = session.execute(select(Metric.step, Metric.value, Metric.wall_time, Metric.cycle).where(
                 Metric.run_id == run_id, Metric.expert == e, Metric.key == k).order_by(Metric.step)).all()
         else:  # in SQL: only the kept points leave the database
             rows = _bucket_extremes(session, {"r": run_id, "e": e, "k": k, "lo": lo, "span": hi - lo + 1,
                                               "nb": max_points // 2})
         out.append(Series.model_construct(expert=e or None, key=k, points=[
-            MetricPointOut.model_construct(step=s, value=v, wall_time=w) for s, v, w in rows]))
+            MetricPointOut.model_construct(step=s, value=v, wall_time=w, cycle=c) for s, v, w, c in rows]))
     return out
 
 
@@ -269,25 +271,30 @@ _SERIES = "FROM metrics WHERE run_id = :r AND expert = :e AND key = :k"
 _BUCKET = "(step - :lo) * :nb / :span"
 # SQLite: with a lone MIN() or MAX(), bare columns come from the row holding it; UNION drops a repeat.
 _EXTREMES_SQLITE = text(f"""
-SELECT step, MIN(value), wall_time {_SERIES} GROUP BY {_BUCKET}
+SELECT step, MIN(value), wall_time, cycle {_SERIES} GROUP BY {_BUCKET}
 UNION
-SELECT step, MAX(value), wall_time {_SERIES} GROUP BY {_BUCKET}
+SELECT step, MAX(value), wall_time, cycle {_SERIES} GROUP BY {_BUCKET}
 ORDER BY 1""")
 # PostgreSQL: arrays compare element by element, so min/max of [value, ±step, wall_time] is an arg-min /
 # arg-max in one hash aggregate (no sort; window functions over 100k rows took 2-3 times longer).
 _EXTREMES_PG = text(f"""
-SELECT min(ARRAY[value, step::float8, wall_time]), max(ARRAY[value, -step::float8, wall_time])
+SELECT min(ARRAY[value, step::float8, wall_time, cycle::float8]),
+       max(ARRAY[value, -step::float8, wall_time, cycle::float8])
 {_SERIES} GROUP BY {_BUCKET}""")
 
 
-def _bucket_extremes(session: Session, params: dict[str, Any]) -> list[tuple[int, float, float | None]]:
+def _bucket_extremes(session: Session, params: dict[str, Any]) -> list[tuple[int, float, float | None, int | None]]:
     if session.get_bind().dialect.name == "sqlite":
         return [tuple(r) for r in session.execute(_EXTREMES_SQLITE, params)]
-    kept: dict[int, tuple[int, float, float | None]] = {}
+    kept: dict[int, tuple[int, float, float | None, int | None]] = {}
     for lo_p, hi_p in session.execute(_EXTREMES_PG, params):
-        kept[int(lo_p[1])] = (int(lo_p[1]), lo_p[0], lo_p[2])
-        kept[int(-hi_p[1])] = (int(-hi_p[1]), hi_p[0], hi_p[2])
+        kept[int(lo_p[1])] = (int(lo_p[1]), lo_p[0], lo_p[2], _int_or_none(lo_p[3]))
+        kept[int(-hi_p[1])] = (int(-hi_p[1]), hi_p[0], hi_p[2], _int_or_none(hi_p[3]))
     return [kept[s] for s in sorted(kept)]
+
+
+def _int_or_none(x: float | None) -> int | None:
+    return None if x is None else int(x)
 
 
 # ---- checkpoints
@@ -413,7 +420,7 @@ def silent_runs(session: Session, *, cutoff: datetime) -> list[tuple[int, list[t
     and no `done` beat since; a run with none in flight is waiting for its next units (in the queue behind
     other runs' work, say), which is not a crash."""
     rows = session.execute(
-        select(Run.id, Run.status_changed_at).where(Run.status == "running", Run.status_changed_at < cutoff)).all()
+        select(Run.id, Run.status_changed_at).where(Run.status == RUNNING, Run.status_changed_at < cutoff)).all()
     out = []
     for run_id, since in rows:
         units = session.execute(select(Heartbeat.unit, Heartbeat.worker, Heartbeat.last_seen).where(

@@ -8,7 +8,7 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from copd.settings import Settings
+from contract.settings import Settings
 from server import crud
 from server.auth import RANK, Principal, hash_token
 from server.dispatch import Dispatcher

@@ -22,8 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Lifecycle states (DESIGN.md §2). `crashed` = heartbeats stopped; resumable from the last checkpoint.
-RUN_STATUSES = ("draft", "queued", "running", "paused", "completed", "failed", "cancelled", "crashed")
+from contract.vocab import STATUSES as RUN_STATUSES  # noqa: F401  (`crashed`: heartbeats stopped; resumable)
 ROLES = ("read", "write", "admin")
 
 
@@ -141,6 +140,7 @@ class Metric(Base):
     step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     value: Mapped[float] = mapped_column(Double)
     wall_time: Mapped[float | None] = mapped_column(Double)  # unix seconds
+    cycle: Mapped[int | None] = mapped_column(Integer)  # null: posted by an old client, not back-filled
 
 
 class Checkpoint(Base):

@@ -2,59 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
-ACTIVE = frozenset({"queued", "running", "paused"})  # a worker may hold a unit of the run
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
-# Heartbeats and progress are accepted while a unit may be running (a paused run finishes its unit).
-REPORTING = ACTIVE
-
-
-class Transition(NamedTuple):
-    allowed_from: frozenset[str]
-    to: str
-    dispatch: bool  # hand `copd.advance` to the workers once the new state is committed
-
-
-# User actions: POST /runs/{id}/<action>.
-ACTIONS: dict[str, Transition] = {
-    "start": Transition(frozenset({"draft"}), "queued", True),
-    "pause": Transition(frozenset({"queued", "running"}), "paused", False),
-    # A crashed run resumes from its last checkpoint: the worker decides where from.
-    "resume": Transition(frozenset({"paused", "crashed"}), "queued", True),
-    "cancel": Transition(frozenset({"draft", "queued", "running", "paused", "crashed"}), "cancelled", False),
-}
-
-# Worker reports: POST /runs/{id}/status. `completed` from `paused`: the last unit ended after a pause.
-WORKER_REPORTS: dict[str, Transition] = {
-    "running": Transition(frozenset({"queued"}), "running", False),
-    "completed": Transition(frozenset({"running", "paused"}), "completed", False),
-    "failed": Transition(frozenset({"queued", "running", "paused"}), "failed", False),
-}
-
-CRASH = Transition(frozenset({"running"}), "crashed", False)
-
-ADVANCE_TASK = "copd.advance"
-
-
-def merge_knobs(values: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """New knob values: each changed knob replaces the old one, except maps, which merge.
-
-    `teacher_weights` merges per student and teacher, so one weight can change alone; a per-expert
-    `beta` map merges into an earlier map (a number replaces any map).
-    """
-    out = dict(values)
-    for knob, new in changes.items():
-        old = out.get(knob)
-        if knob == "teacher_weights" and isinstance(old, dict):
-            out[knob] = {s: dict(row) for s, row in old.items()}
-            for student, row in new.items():
-                out[knob][student] = {**out[knob].get(student, {}), **row}
-        elif isinstance(new, dict) and isinstance(old, dict):
-            out[knob] = {**old, **new}
-        else:
-            out[knob] = new
-    return out
+# The lifecycle table and the status sets are the shared vocabulary's (contract.vocab); merge_knobs is the
+# spec's one knob-merge rule. Both are re-exported here, where the server's rules read them.
+from contract.broker import ADVANCE_TASK  # noqa: F401
+from contract.spec import merge_knobs  # noqa: F401
+from contract.vocab import ACTIONS, ACTIVE, CRASH, REPORTING, TERMINAL, WORKER_REPORTS, Transition  # noqa: F401
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

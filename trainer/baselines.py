@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from trainer.checkpoint import CheckpointInfo, read_state
-from trainer.engines import place, student_device, student_engine
+from contract.plan import MIXED, STUDENT, Unit, distill_cycles, steps_of, strategy_of
+from contract.spec import Knobs, RunSpec
+from trainer.checkpoint import CheckpointInfo
 from trainer.domains import Domain, Sample
 from trainer.reporter import Reporter
 from trainer.rollout import HFEngine
-from trainer.schedule import MIXED, STUDENT, Unit, steps_of
-from trainer.spec import RunSpec, beta_for
+from trainer.steps import RunContext, open_policy, save_policy, train_steps
 from trainer.update import NativeBatch, cross_batch, draw, pooled_batch
-from trainer.units import RunContext, _optimizer, save_unit, train_steps
 
 
 def allocate(weights: dict[str, float], n: int, rng: random.Random) -> dict[str, int]:
@@ -57,34 +53,25 @@ def run_single_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoi
     spec = ctx.spec
     assert unit.kind in ("mixed", "distill")
     name = MIXED if unit.kind == "mixed" else STUDENT
-    seed = ctx.unit_seed(unit)
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
+    rng = random.Random(ctx.unit_seed(unit))
     src, continues = ctx.layout.single_input(spec, unit)
-    dev = student_device()
-    model, tok = ctx.load(src)
-    model = place(model, spec.compute, dev, trainable=True)
-    step = int(read_state(src).get("step", 0)) if continues else 0
-    version, knobs = reporter.knobs()
-    n_steps = steps_of(spec, unit, knobs)
-    lr = float(knobs.get("lr") or spec.grpo.lr)
-    opt = _optimizer(model, lr, src) if continues else _optimizer(model, lr, ctx.layout.root / ".no-optimizer")
-    engine = student_engine(spec.rollout, spec.compute, model, tok, src, seed)
+    policy, knobs = open_policy(ctx, unit, reporter, name, src, continues=continues)
+    n_steps = steps_of(spec, unit, knobs.model_dump())
     reference = ctx.scorer(ctx.layout.base) if spec.grpo.kl_coef > 0 else None
     teachers = ({t: ctx.scorer(ctx.layout.end_of_cycle(t, spec.schedule.cycles))
                  for t in spec.distill_teachers()} if unit.kind == "distill" else {})
     reporter.event(f"{unit.id}: {n_steps} steps of {name} from {src.name}"
                    + (f", fixed teachers {', '.join(teachers)}" if teachers else ""), expert=name)
-    def batches(knobs):
-        native, cross = _batches(ctx, unit, engine, teachers, reference, knobs, rng)
-        return native, cross, beta_for(knobs, STUDENT, spec.opd.beta) if cross else None
+    def batches(knobs: Knobs):
+        native, cross = _batches(ctx, unit, policy.engine, teachers, reference, knobs, rng)
+        return native, cross, knobs.beta_for(STUDENT, spec.opd.beta) if cross else None
 
-    step, version = train_steps(ctx, unit, reporter, name, engine, model, opt, step, n_steps, version, dev, batches)
-    return save_unit(ctx.layout.single(unit), model, tok, opt, reporter, name, unit, step, version)
+    train_steps(ctx, unit, reporter, policy, n_steps, batches)
+    return save_policy(ctx.layout.single(unit), policy, reporter, unit)
 
 
 def _batches(ctx: RunContext, unit: Unit, engine: HFEngine, teachers: dict[str, HFEngine],
-             reference: HFEngine | None, knobs: dict[str, Any], rng: random.Random):
+             reference: HFEngine | None, knobs: Knobs, rng: random.Random):
     """(native batch or None, cross batches) of one step of a mixed or distill unit."""
     spec = ctx.spec
     if unit.kind == "mixed":
@@ -96,7 +83,7 @@ def _batches(ctx: RunContext, unit: Unit, engine: HFEngine, teachers: dict[str, 
                else {n: 1.0 / len(spec.experts) for n in spec.expert_names})
         items = pooled_items(ctx, own, spec.grpo.prompts_per_step, rng)
         native = pooled_batch(engine, items, spec.grpo, reference, alpha=spec.distill.alpha)
-    beta = beta_for(knobs, STUDENT, spec.opd.beta)
+    beta = knobs.beta_for(STUDENT, spec.opd.beta)
     cross = [cross_batch(engine, t, teacher, draw(rng, ctx.domains[t].train, spec.opd.prompts_per_step),
                          spec.grpo, spec.opd, beta, 1.0 / len(teachers))
              for t, teacher in teachers.items()]
@@ -105,8 +92,6 @@ def _batches(ctx: RunContext, unit: Unit, engine: HFEngine, teachers: dict[str, 
 
 def single_eval_folders(spec: RunSpec, layout, cycle: int) -> dict[str, Path] | None:
     """What an eval unit evaluates for the baselines' single policies at `cycle`; None = the experts."""
-    from trainer.schedule import distill_cycles, strategy_of
-
     strat = strategy_of(spec)
     if cycle == 0:
         return None

@@ -3,9 +3,9 @@
 Started by `trainer.distributed.launch` (the parent keeps the Reporter). Every rank loads the unit's input
 model, shards it, samples its share of each step's prompts, and takes part in one `update_step` per step
 (gradients averaged by FSDP); rank 0 reads the knobs the parent writes, broadcasts them, writes the reports
-as JSON lines, and saves the checkpoint: the same files `trainer.units.save_unit` writes in one process.
-The step loop is `trainer.units.run_train_unit`'s, from the same pieces (`step_batches`, `train_step`,
-`step_values`).
+as JSON lines, and saves the checkpoint: the same files `trainer.steps.save_unit` writes in one process.
+The step loop is `trainer.units.run_train_unit`'s, from the same pieces of trainer/steps.py (`step_batches`,
+`train_step`, `step_values`, the optimizer factory).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from typing import Any
 
 import torch
 
+from contract.plan import Layout, Unit, strategy_of
+from contract.spec import Knobs, RunSpec
 from trainer import distributed as D
-from trainer.checkpoint import read_state
 from trainer.domains import load_domain
 from trainer.engines import place, teacher_device, weight_dtype
 from trainer.models import configure_torch, load_pretrained
 from trainer.rollout import HFEngine
-from trainer.schedule import Layout, Unit, strategy_of
-from trainer.spec import RunSpec, knobs_from_spec
-from trainer.units import Cancelled, RunContext, report_step, save_unit, step_batches, step_values, train_step
+from trainer.steps import (Cancelled, RunContext, make_optimizer, optimizer_state, report_step, save_unit,
+                           start_step, step_batches, step_values, train_step)
 
 
 class RankReporter:
@@ -44,7 +44,7 @@ class RankReporter:
             self._out.write(json.dumps(record) + "\n")
             self._out.flush()
 
-    def sync(self) -> tuple[int, dict[str, Any], bool]:
+    def sync(self, spec: RunSpec) -> tuple[int, Knobs, bool]:
         """A step boundary (collective): the parent's latest (knob version, knobs, stop) on every rank."""
         if self.d.main:
             try:
@@ -53,7 +53,7 @@ class RankReporter:
                 pass  # keep the last good one
         self._control = D.broadcast(self._control, self.d)
         c = self._control
-        return int(c["version"]), dict(c["knobs"]), bool(c["stop"])
+        return int(c["version"]), Knobs.coerce(c["knobs"], spec), bool(c["stop"])
 
     # -- the Reporter protocol (only rank 0 writes) -------------------------------------------------
     def metrics(self, expert, cycle, step, values) -> None:
@@ -69,7 +69,7 @@ class RankReporter:
         self._write({"t": "event", "message": message, "level": level, "expert": expert})
 
     def knobs(self) -> tuple[int, dict[str, Any]]:
-        return int(self._control["version"]), dict(self._control["knobs"])
+        return int(self._control["version"]), dict(self._control["knobs"])  # the parent's, as pushed
 
     def knobs_applied(self, version, cycle, step) -> None:
         self._write({"t": "knobs_applied", "version": version, "cycle": cycle, "step": step})
@@ -108,7 +108,7 @@ def run_sharded_unit(ctx: RunContext, unit: Unit, reporter: RankReporter, d: D.D
     spec, expert = ctx.spec, unit.expert
     assert expert is not None and unit.kind in ("rl", "opd")
     D.check_shares(spec, d.world)
-    version, knobs, stop = reporter.sync()
+    version, knobs, stop = reporter.sync(spec)
     if stop:
         raise Cancelled(unit.id)
     seed = ctx.unit_seed(unit)
@@ -117,14 +117,11 @@ def run_sharded_unit(ctx: RunContext, unit: Unit, reporter: RankReporter, d: D.D
     src = ctx.layout.unit_input(unit)
     model, tok = ctx.load(src, cache=False)
     model = D.shard(model.to(weight_dtype(spec.compute)), d)
-    state = read_state(src) if (src / "trainer_state.json").exists() else {"step": 0}
-    step = int(state.get("step", 0))
-    base_knobs = knobs_from_spec(spec)
-    n_steps = int(knobs.get(f"{unit.kind}_steps", base_knobs[f"{unit.kind}_steps"]))
-    lr = float(knobs.get("lr") or spec.grpo.lr)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
-    if (src / "optimizer.pt").exists():
-        D.load_optimizer_state(model, opt, torch.load(src / "optimizer.pt", weights_only=True))
+    step = start_step(src)
+    n_steps = knobs.steps(unit.kind)
+    opt = make_optimizer(model.parameters(), knobs.lr)
+    if (state := optimizer_state(src)) is not None:
+        D.load_optimizer_state(model, opt, state)
     engine = HFEngine(model, tok)  # always HF here: it samples from the gathered weights (see D.gathered)
     use_opd = unit.kind == "opd" and strategy_of(spec).opd
     teachers = {t: _scorer(ctx, ctx.layout.teacher_input(t, unit.cycle), d) for t in spec.teachers_of(expert)} if use_opd else {}
@@ -133,7 +130,7 @@ def run_sharded_unit(ctx: RunContext, unit: Unit, reporter: RankReporter, d: D.D
                    + (f", teachers {', '.join(teachers)}" if teachers else ""), expert=expert)
     t_unit = time.perf_counter()
     for i in range(n_steps):
-        version, knobs, stop = reporter.sync()  # step boundary: the latest knobs apply from here on
+        version, knobs, stop = reporter.sync(spec)  # step boundary: the latest knobs apply from here on
         if stop:
             raise Cancelled(unit.id)
         t0 = time.perf_counter()
@@ -141,7 +138,7 @@ def run_sharded_unit(ctx: RunContext, unit: Unit, reporter: RankReporter, d: D.D
             native, cross, beta = step_batches(ctx, unit, engine, teachers, reference, knobs, rng,
                                                share=lambda items: D.share(items, d))
         t_roll = time.perf_counter() - t0
-        values = train_step(engine, model, opt, native, cross, spec, float(knobs.get("lr") or spec.grpo.lr))
+        values = train_step(engine, model, opt, native, cross, spec, knobs.lr)
         step += 1
         values = D.reduce_metrics(step_values(values, unit, native, cross, beta, t_roll, version, d.device), d)
         values["fsdp/ranks"] = float(d.world)

@@ -39,6 +39,10 @@ from typing import Any, Iterator, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from contract import metrics as M
+from contract.spec import Knobs
+from trainer.steps import Cancelled
+
 T = TypeVar("T")
 
 CONTROL = "control.json"   # parent → rank 0: {"version", "knobs", "stop"}
@@ -212,22 +216,14 @@ def broadcast(obj: T, d: Dist) -> T:
 
 
 def reduce_metrics(values: dict[str, float], d: Dist) -> dict[str, float]:
-    """Step metrics over the ranks: the mean (equal rows per rank: the one-process value of a batch mean),
-    the sum for counts and rates (`cost/*`, `tokens/*`), the max for `memory/*`."""
+    """Step metrics over the ranks, each by its registered reduction (contract.metrics): the mean (equal
+    rows per rank: the one-process value of a batch mean), the sum for counts and rates, the max for memory."""
     if d.world == 1:
         return dict(values)
     every: list[dict[str, float] | None] = [None] * d.world
     dist.all_gather_object(every, dict(values))
-    out: dict[str, float] = {}
-    for key in every[0]:  # type: ignore[union-attr]
-        xs = [float(v[key]) for v in every if v is not None and key in v]
-        if key.startswith(("cost/", "tokens/")):
-            out[key] = sum(xs)
-        elif key.startswith("memory/"):
-            out[key] = max(xs)
-        else:
-            out[key] = sum(xs) / len(xs)
-    return out
+    return {key: M.reduce(key, [v[key] for v in every if v is not None and key in v])
+            for key in every[0]}  # type: ignore[union-attr]
 
 
 def share(items: Sequence[T], d: Dist) -> list[T]:
@@ -301,11 +297,9 @@ def launch(ctx, unit, reporter, nproc: int, *, poll_s: float = 0.1, control_s: f
 
     Blocks until the processes exit. Meanwhile replays rank 0's reports into `reporter` (every `poll_s`) and
     passes the reporter's knobs and stop flag down: after every step the ranks report, and every `control_s`
-    otherwise (the REST reporter's `knobs()` is a GET: not every poll). Raises `trainer.units.Cancelled` when the run was cancelled,
+    otherwise (the REST reporter's `knobs()` is a GET: not every poll). Raises `trainer.steps.Cancelled` when the run was cancelled,
     DistributedError (with the processes' output tail) when they fail.
     """
-    from trainer.units import Cancelled
-
     assert unit.kind in ("rl", "opd") and unit.expert is not None, unit
     check_shares(ctx.spec, nproc)
     if torch.cuda.is_available() and torch.cuda.device_count() < nproc:
@@ -319,6 +313,7 @@ def launch(ctx, unit, reporter, nproc: int, *, poll_s: float = 0.1, control_s: f
     def push_control() -> None:
         nonlocal control
         version, knobs = reporter.knobs()
+        knobs = knobs.model_dump(mode="json") if isinstance(knobs, Knobs) else dict(knobs)
         now = (version, knobs, bool(reporter.should_stop()))
         if now != control:
             control = now

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from trainer.rollout import HFEngine, RolloutEngine
-from trainer.spec import ComputeSpec, RolloutSpec
+from contract.spec import ComputeSpec, RolloutSpec
 
 
 def gpu_present() -> bool:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from trainer.reporter import JsonlReporter, truncate_metrics
-from trainer.schedule import Unit, plan
-from trainer.spec import RunSpec, knobs_from_spec
+from contract.plan import Unit, plan
+from contract.spec import RunSpec, knobs_from_spec
 from trainer.units import RunContext, run_unit
 
 STATE = "state.json"

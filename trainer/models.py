@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from trainer.domains.base import Domain, Sample
 from trainer.rollout import HFEngine
-from trainer.spec import TinyModelSpec
+from contract.spec import TinyModelSpec
 
 log = logging.getLogger(__name__)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")

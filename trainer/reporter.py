@@ -9,8 +9,9 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
+from contract.spec import Knobs, merge_knobs
 from trainer.checkpoint import CheckpointInfo
 
 
@@ -26,8 +27,9 @@ class Reporter(Protocol):
     def event(self, message: str, *, level: str = "info", expert: str | None = None) -> None:
         """A human-readable happening: phase changes, warnings, errors."""
 
-    def knobs(self) -> tuple[int, dict[str, Any]]:
-        """The latest knob values and their version (cheap; called at every step boundary)."""
+    def knobs(self) -> tuple[int, Knobs | Mapping[str, Any]]:
+        """The latest knob values and their version (cheap; called at every step boundary). Units read them
+        through `Knobs.coerce`, so a plain mapping of knob values also does (tests' recorders)."""
 
     def knobs_applied(self, version: int, cycle: int, step: int) -> None:
         """A knob version took effect at this cycle and step."""
@@ -43,18 +45,19 @@ class JsonlReporter:
     """Writes DIR/metrics.jsonl and DIR/events.jsonl; knobs come from the spec, or DIR/knobs.json when present.
 
     Editing DIR/knobs.json (`{"beta": 0.5}`) while `copd train` runs changes the knobs at the next step
-    boundary: a file-based stand-in for the API's knob PATCH.
+    boundary: a file-based stand-in for the API's knob PATCH. The file holds changes from the spec's knobs,
+    merged by the API's rule (`merge_knobs`: one teacher weight or one expert's β can change alone).
     """
 
-    def __init__(self, out_dir: Path, initial_knobs: dict[str, Any], display=None):
+    def __init__(self, out_dir: Path, initial_knobs: Knobs | Mapping[str, Any], display=None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
         self._events = open(self.out_dir / "events.jsonl", "a", encoding="utf-8")
-        self._base_knobs = dict(initial_knobs)
+        self._base_knobs = Knobs.coerce(initial_knobs)
         self._knob_file = self.out_dir / "knobs.json"
         self._knob_mtime: float | None = None
-        self._knobs = (0, dict(initial_knobs))
+        self._knobs: tuple[int, Knobs] = (0, self._base_knobs)
         self._applied: set[int] = set()
         self.display = display
 
@@ -75,7 +78,7 @@ class JsonlReporter:
             self.display.event(message, level=level, expert=expert)
 
     # -- knobs ----------------------------------------------------------------------------------
-    def knobs(self) -> tuple[int, dict[str, Any]]:
+    def knobs(self) -> tuple[int, Knobs]:
         try:
             mtime = self._knob_file.stat().st_mtime
         except FileNotFoundError:
@@ -85,9 +88,11 @@ class JsonlReporter:
             try:
                 changes = json.loads(self._knob_file.read_text())
                 if isinstance(changes, dict):
-                    self._knobs = (self._knobs[0] + 1, {**self._base_knobs, **changes})
-            except ValueError:
-                self.event(f"{self._knob_file}: not valid JSON, knobs unchanged", level="warning")
+                    values = Knobs.model_validate(merge_knobs(self._base_knobs.model_dump(), changes))
+                    self._knobs = (self._knobs[0] + 1, values)
+            except ValueError as err:  # not JSON, or not valid knob values (pydantic's error is a ValueError)
+                why = "not valid JSON" if isinstance(err, json.JSONDecodeError) else f"invalid knobs ({err})"
+                self.event(f"{self._knob_file}: {' '.join(why.split())[:300]}, knobs unchanged", level="warning")
         return self._knobs
 
     def knobs_applied(self, version: int, cycle: int, step: int) -> None:

@@ -15,7 +15,7 @@ from trainer.algos import (entropy_from_logits, grpo_advantages, logp_gap, maske
 from trainer.domains.base import Domain, Sample
 from trainer.engines import autocast
 from trainer.rollout import Rollout, RolloutEngine, forward_logits
-from trainer.spec import GrpoSpec, OpdSpec
+from contract.spec import GrpoSpec, OpdSpec
 
 
 @dataclass(frozen=True)

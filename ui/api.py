@@ -1,59 +1,25 @@
-"""The dashboard's one HTTP client: typed calls to the copd REST API; every failure is an ApiError.
+"""The dashboard's view of the REST API: a thin adapter over the one client (contract.client).
 
-The dashboard never touches the database; everything it shows comes through here. Failures — an HTTP
-error status or an unreachable server — become `ApiError(status, detail)` with a one-line, readable
-message, so pages can show them instead of a traceback.
+The dashboard never touches the database; everything it shows comes through here. Calls go through
+`contract.client.Client`; this module only turns its typed bodies into what pages draw — JSON-like dicts
+for tables, tidy pandas frames for charts — and keeps the client's `ApiError` (with its one-line `message`
+and `field_errors`) as the one error type pages show.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pandas as pd
 
-from copd.settings import Settings
+from contract.client import ApiError, Client, read_token  # noqa: F401  (pages import them from here)
+from contract.schemas import KnobsPublic, SeriesList, Vocab
+from contract.settings import Settings
+from contract.vocab import ACTIONS
 
 SERIES_COLUMNS = ["expert", "key", "step", "value"]
-_FIELD_IN_DETAIL = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*): (.+)$")
-_TITLES = {401: "Not authorized", 403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large",
-           422: "Invalid", 503: "Unavailable"}
-
-
-class ApiError(Exception):
-    """A failed call: `status` is the HTTP status, or None when the API could not be reached."""
-
-    def __init__(self, status: int | None, detail: str, errors: list[dict[str, Any]] | None = None,
-                 hint: str = "") -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.errors = errors or []
-        self.hint = hint
-
-    @property
-    def message(self) -> str:
-        """One readable line: what went wrong, the API's words, and what to do about it."""
-        if self.status is None:
-            head = self.detail
-        else:
-            title = _TITLES.get(self.status, "Server error" if self.status >= 500 else "Request refused")
-            head = f"{title} ({self.status}): {self.detail}"
-        return f"{head} — {self.hint}" if self.hint else head
-
-    def field_errors(self) -> dict[str, str]:
-        """Field (dotted path, e.g. `experts.0.domain`) → message, from `errors` or else from `detail`."""
-        out = {e["field"]: e["message"] for e in self.errors if e.get("field")}
-        if not out:
-            for part in self.detail.split("; "):
-                if m := _FIELD_IN_DETAIL.match(part):
-                    out[m.group(1)] = m.group(2)
-        return out
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)
@@ -78,7 +44,7 @@ class KnobVersion:
 
 @dataclass(frozen=True)
 class Knobs:
-    """The OPD-mixing knobs of a run: current version, merged values, and every version's change."""
+    """The knobs as the editor shows them: the typed KnobsPublic with its values as a plain mapping."""
 
     version: int
     values: dict[str, Any]
@@ -90,6 +56,10 @@ class Knobs:
         return [h for h in self.history if h.version > 0 and h.applied is None]
 
     @classmethod
+    def from_public(cls, body: KnobsPublic) -> Knobs:
+        return cls.from_json(body.model_dump(mode="json"))
+
+    @classmethod
     def from_json(cls, body: dict[str, Any]) -> Knobs:
         history = [KnobVersion(version=h["version"], changes=h.get("changes") or {}, author=h.get("author") or "",
                                created_at=h.get("created_at") or "",
@@ -98,26 +68,23 @@ class Knobs:
         return cls(version=body["version"], values=body.get("values") or {}, history=history)
 
 
-def read_token(settings: Settings) -> str | None:
-    """COPD_API_TOKEN, else the embedded default's token file (<COPD_DATA_DIR>/token), else None."""
-    if settings.api_token:
-        return settings.api_token
-    try:
-        return settings.token_file.read_text().strip() or None
-    except OSError:
-        return None
+def series_frame(body: SeriesList, *, cycle: bool = False) -> pd.DataFrame:
+    """Tidy frame (expert, key, step, value[, cycle]) of a metrics body."""
+    if cycle:
+        rows = [(s.expert, s.key, p.step, p.value, p.cycle) for s in body.series for p in s.points]
+        return pd.DataFrame(rows, columns=[*SERIES_COLUMNS, "cycle"])
+    rows = [(s.expert, s.key, p.step, p.value) for s in body.series for p in s.points]
+    return pd.DataFrame(rows, columns=SERIES_COLUMNS)
 
 
 class Api:
-    """Typed methods over `/api/v1`; raises ApiError for any HTTP error or connection failure."""
+    """The dashboard's calls; every failure (HTTP error status, unreachable server) is an ApiError."""
 
     def __init__(self, base_url: str, token: str | None, *, timeout: float = 15.0,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.has_token = bool(token)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=f"{self.base_url}/api/v1", headers=headers, timeout=timeout,
-                                  transport=transport)
+        self.client = Client(base_url, token, timeout=timeout, transport=transport)
+        self.base_url = self.client.base_url
+        self.has_token = self.client.has_token
 
     @classmethod
     def from_env(cls) -> Api:
@@ -126,97 +93,61 @@ class Api:
         return cls(settings.api_url, read_token(settings))
 
     def close(self) -> None:
-        self._http.close()
-
-    # ---- transport
-
-    def _call(self, method: str, path: str, **kw: Any) -> Any:
-        try:
-            r = self._http.request(method, path, **kw)
-        except httpx.TimeoutException:
-            raise ApiError(None, f"API at {self.base_url} did not answer in time ({method} {path})",
-                           hint="it may be overloaded; retry") from None
-        except httpx.HTTPError as err:  # connection refused, DNS, reset, bad URL …
-            reason = str(err).strip() or type(err).__name__
-            raise ApiError(None, f"API not reachable at {self.base_url} ({reason})",
-                           hint="start it with `copd api` (or `copd up`), or set COPD_API_URL") from None
-        if r.status_code >= 400:
-            raise self._error(r)
-        return r.json() if r.content else None
-
-    def _error(self, r: httpx.Response) -> ApiError:
-        try:
-            body = r.json()
-            detail, errors = str(body.get("detail") or r.reason_phrase), body.get("errors") or []
-        except ValueError:
-            detail, errors = (r.text.strip()[:200] or r.reason_phrase), []
-        hint = {401: "set COPD_API_TOKEN to a valid token (or put it in <COPD_DATA_DIR>/token)",
-                403: "this token's role may not do that; use a write token"}.get(r.status_code, "")
-        if not self.has_token and r.status_code == 401:
-            hint = "no token found: set COPD_API_TOKEN or COPD_DATA_DIR (whose `token` file the API wrote)"
-        return ApiError(r.status_code, detail, errors, hint)
+        self.client.close()
 
     # ---- runs
 
     def health(self) -> dict[str, Any]:
-        return self._call("GET", "/healthz")
+        return self.client.healthz()
+
+    def vocab(self) -> Vocab:
+        return self.client.vocab()
 
     def runs(self, *, status: list[str] | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
         """Runs, newest first, and the total that match."""
-        body = self._call("GET", "/runs", params={"status": status or [], "limit": limit, "offset": offset})
-        return body["items"], body["total"]
+        body = self.client.list_runs(status=status, limit=limit, offset=offset)
+        return [r.model_dump(mode="json") for r in body.items], body.total
 
     def run(self, run_id: int) -> dict[str, Any]:
-        return self._call("GET", f"/runs/{run_id}")
+        return self.client.get_run(run_id).model_dump(mode="json")
 
     def create_run(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A new draft run from a spec (422 names the bad field)."""
-        return self._call("POST", "/runs", json=spec)
+        return self.client.create_run(spec).model_dump(mode="json")
 
     def act(self, run_id: int, action: str) -> dict[str, Any]:
         """Lifecycle action: start, pause, resume or cancel; returns the run."""
-        if action not in {"start", "pause", "resume", "cancel"}:
+        if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
-        return self._call("POST", f"/runs/{run_id}/{action}")
+        return self.client.action(run_id, action).model_dump(mode="json")
 
     def fork(self, run_id: int, checkpoint_id: int, *, name: str | None = None,
              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"checkpoint_id": checkpoint_id}
-        if name:
-            body["name"] = name
-        if overrides:
-            body["overrides"] = overrides
-        return self._call("POST", f"/runs/{run_id}/fork", json=body)
+        return self.client.fork(run_id, checkpoint_id, name=name or None, overrides=overrides).model_dump(mode="json")
 
     # ---- knobs
 
     def knobs(self, run_id: int) -> Knobs:
-        return Knobs.from_json(self._call("GET", f"/runs/{run_id}/knobs"))
+        return Knobs.from_public(self.client.get_knobs(run_id))
 
     def change_knobs(self, run_id: int, *, expected_version: int, changes: dict[str, Any]) -> Knobs:
         """PATCH with optimistic versioning: 409 when `expected_version` is stale."""
-        body = {"expected_version": expected_version, "changes": changes}
-        return Knobs.from_json(self._call("PATCH", f"/runs/{run_id}/knobs", json=body))
+        return Knobs.from_public(self.client.patch_knobs(run_id, expected_version, changes))
 
     # ---- metrics, checkpoints, events
 
     def metrics(self, run_id: int, *, key: str | None = None, expert: str | None = None,
-                max_points: int = 1000) -> pd.DataFrame:
-        """Tidy frame (expert, key, step, value); the API min/max-downsamples each series to `max_points`."""
-        params: dict[str, Any] = {"max_points": max_points}
-        if key is not None:
-            params["key"] = key
-        if expert is not None:
-            params["expert"] = expert
-        body = self._call("GET", f"/runs/{run_id}/metrics", params=params)
-        rows = [(s["expert"], s["key"], p["step"], p["value"]) for s in body["series"] for p in s["points"]]
-        return pd.DataFrame(rows, columns=SERIES_COLUMNS)
+                max_points: int = 1000, cycle: bool = False) -> pd.DataFrame:
+        """Tidy frame (expert, key, step, value), plus the points' `cycle` column when asked; the API
+        min/max-downsamples each series to `max_points`."""
+        return series_frame(self.client.get_metrics(run_id, key=key, expert=expert, max_points=max_points),
+                            cycle=cycle)
 
     def checkpoints(self, run_id: int, *, limit: int = 500) -> tuple[list[dict], int]:
-        body = self._call("GET", f"/runs/{run_id}/checkpoints", params={"limit": limit})
-        return body["items"], body["total"]
+        body = self.client.list_checkpoints(run_id, limit=limit)
+        return [c.model_dump(mode="json") for c in body.items], body.total
 
     def events(self, run_id: int, *, after_id: int = 0, limit: int = 500) -> tuple[list[dict], int]:
         """Events after `after_id`, oldest first, and how many match in all."""
-        body = self._call("GET", f"/runs/{run_id}/events", params={"after_id": after_id, "limit": limit})
-        return body["items"], body["total"]
+        body = self.client.list_events(run_id, after_id=after_id, limit=limit)
+        return [e.model_dump(mode="json") for e in body.items], body.total

@@ -8,16 +8,17 @@ from typing import Any
 
 import streamlit as st
 
-from copd.settings import Settings
+from contract.schemas import Vocab
+from contract.schemas import vocab as own_vocab
+from contract.settings import Settings
+from contract.vocab import ACTIVE, CANCELLED, COMPLETED, CRASHED, DRAFT, FAILED, PAUSED, QUEUED, RUNNING, TERMINAL  # noqa: F401
 from ui.api import Api, ApiError, read_token
 
 # Seconds between refreshes of the live parts (status, knobs, events) and of the charts.
 LIVE_S = float(os.environ.get("COPD_UI_REFRESH_S", "3"))
 CHARTS_S = max(LIVE_S, float(os.environ.get("COPD_UI_CHARTS_REFRESH_S", "10")))
-STATUS_COLORS = {"draft": "gray", "queued": "violet", "running": "blue", "paused": "orange",
-                 "completed": "green", "failed": "red", "cancelled": "gray", "crashed": "red"}
-ACTIVE = {"queued", "running", "paused"}
-TERMINAL = {"completed", "failed", "cancelled"}
+STATUS_COLORS = {DRAFT: "gray", QUEUED: "violet", RUNNING: "blue", PAUSED: "orange",
+                 COMPLETED: "green", FAILED: "red", CANCELLED: "gray", CRASHED: "red"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -31,6 +32,22 @@ def client() -> Api:
     url = st.session_state.get("api_url") or settings.api_url
     token = st.session_state.get("api_token") or read_token(settings)
     return _client(url, token)
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def _vocab(url: str, token: str | None) -> dict:
+    try:
+        return _client(url, token).vocab().model_dump()
+    except ApiError:
+        return own_vocab().model_dump()  # an API of a release before GET /vocab: this release's own names
+
+
+def vocab() -> Vocab:
+    """Every strategy, builtin domain, verifier and status the API knows (GET /vocab), cached for 5 min."""
+    settings = Settings()
+    url = st.session_state.get("api_url") or settings.api_url
+    token = st.session_state.get("api_token") or read_token(settings)
+    return Vocab.model_validate(_vocab(url, token))
 
 
 def show_error(err: ApiError, what: str = "") -> None:

@@ -1,8 +1,8 @@
-"""Pure pandas: the API's tidy metric frames (expert, key, step, value) → the frames each view plots.
+"""Pure pandas: the API's tidy metric frames (expert, key, step, value[, cycle]) → the frames each view plots.
 
-Metric points carry a step only. An evaluation's cycle comes from order: the n-th `acc/*` point of an
-expert (0-based) is cycle n; the merged model is evaluated at the end, so its points are aligned to the
-last cycle.
+Points carry their cycle (the `cycle` column) when the worker that posted them knew it. Points of older
+runs have none; for them an evaluation's cycle comes from order: the n-th `acc/*` point of an expert
+(0-based) is cycle n, and the merged model, evaluated at the end, is aligned to the last cycle.
 """
 
 from __future__ import annotations
@@ -11,16 +11,21 @@ from typing import Iterable
 
 import pandas as pd
 
-MERGED = "merged"
+from contract.metrics import ACC
+from contract.vocab import MERGED
+
 ACC_COLUMNS = ["expert", "domain", "cycle", "step", "accuracy"]
 
 
 def accuracy_by_cycle(acc: pd.DataFrame) -> pd.DataFrame:
     """Rows (expert, domain, cycle, step, accuracy) from `acc/<domain>` points of every expert."""
-    acc = acc[acc["key"].str.startswith("acc/")]
+    acc = acc[acc["key"].str.startswith(ACC.prefix)]
     if acc.empty:
         return pd.DataFrame(columns=ACC_COLUMNS)
-    out = acc.assign(domain=acc["key"].str.removeprefix("acc/")).sort_values(["expert", "domain", "step"])
+    out = acc.assign(domain=acc["key"].str.removeprefix(ACC.prefix)).sort_values(["expert", "domain", "step"])
+    if "cycle" in out and out["cycle"].notna().all():  # carried end to end: nothing to infer
+        out = out.rename(columns={"value": "accuracy"})[ACC_COLUMNS]
+        return out.astype({"cycle": int, "step": int}).reset_index(drop=True)
     out["cycle"] = out.groupby(["expert", "domain"]).cumcount()
     experts = out[out["expert"] != MERGED]
     last = int(experts["cycle"].max()) if not experts.empty else 0

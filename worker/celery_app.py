@@ -8,7 +8,7 @@ import threading
 from celery import Celery
 from celery.signals import worker_shutting_down
 
-from copd.settings import get_settings
+from contract.settings import get_settings
 from worker.config import WorkerSettings, celery_config
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # an INFO line per request would drown the worker's log

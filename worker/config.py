@@ -7,12 +7,12 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from copd.settings import Settings
-from server.dispatch import broker_config
+from contract.settings import Settings
+from contract.broker import broker_config
 
 
 class WorkerSettings(BaseSettings):
-    """Worker-only COPD_* variables (the shared ones are in copd.settings)."""
+    """Worker-only COPD_* variables (the shared ones are in contract.settings)."""
 
     model_config = SettingsConfigDict(env_prefix="COPD_", extra="ignore")
 

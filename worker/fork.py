@@ -12,10 +12,10 @@ import re
 import shutil
 from pathlib import Path
 
-from copd.client import Client
-from server.schemas import RunPublic
-from trainer.schedule import plan
-from trainer.spec import RunSpec
+from contract.client import Client
+from contract.schemas import RunPublic
+from contract.plan import plan
+from contract.spec import RunSpec
 from worker.runfolder import RunFolder, write_atomic
 from worker.runs import run_root
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from copd.client import ApiError, Client
-from trainer.schedule import plan
-from trainer.spec import RunSpec
+from contract.client import ApiError, Client
+from contract.plan import plan
+from contract.spec import RunSpec
 from worker.fork import ForkError, seed_fork
 from worker.runfolder import Phase, RunFolder, unit_weight, write_atomic
-from worker.runs import ACTIVE, run_root, spec_of
+from contract.vocab import COMPLETED, FAILED, MERGED, QUEUED, RUNNABLE, RUNNING
+from worker.runs import run_root, spec_of
 
 log = logging.getLogger("copd.worker")
 
@@ -24,15 +25,15 @@ def advance_run(api: Client, run_id: int, after: str | None, *, by: str,
                 dispatch: Callable[[int, Phase], None]) -> str:
     """Move the run one phase on; returns what it did, in words."""
     run = api.get_run(run_id)
-    if run.status not in ACTIVE:  # paused, cancelled, crashed, over: enqueue nothing
+    if run.status not in RUNNABLE:  # paused, cancelled, crashed, over: enqueue nothing
         return f"run {run_id} is {run.status}: nothing dispatched"
     spec = spec_of(run)
     folder = RunFolder(run_root(run_id))
     if after is not None and not folder.phase_done(spec, after):
         return f"run {run_id}: {after} has units that stopped early: nothing dispatched"
-    if run.status == "queued":
+    if run.status == QUEUED:
         try:
-            api.report_status(run_id, "running")
+            api.report_status(run_id, RUNNING)
         except ApiError as err:  # paused or cancelled meanwhile, or another join marked it running
             if err.status != 409:
                 raise
@@ -41,7 +42,7 @@ def advance_run(api: Client, run_id: int, after: str | None, *, by: str,
         try:
             seed_fork(api, run, spec, folder)
         except ForkError as err:
-            _report(api.report_status, run_id, "failed", message=f"fork: {err}")
+            _report(api.report_status, run_id, FAILED, message=f"fork: {err}")
             return f"run {run_id}: fork failed: {err}"
     phase = folder.next_phase(spec)
     if phase is None:
@@ -61,12 +62,12 @@ def advance_run(api: Client, run_id: int, after: str | None, *, by: str,
 def finish_run(api: Client, run_id: int, spec: RunSpec) -> None:
     """Every unit is done: mark the all-in-one model final (else each expert's last checkpoint), complete the run."""
     items = api.list_checkpoints(run_id, limit=1000).items
-    merged = [c for c in items if c.expert == "merged"]
+    merged = [c for c in items if c.expert == MERGED]
     finals = [merged] if merged else [[c for c in items if c.expert == e] for e in spec.expert_names]
     for group in finals:
         if group:
             api.mark_final(run_id, max(group, key=lambda c: (c.cycle, c.step, c.id)).id)
-    _report(api.report_status, run_id, "completed")
+    _report(api.report_status, run_id, COMPLETED)
 
 
 def _report(call, run_id: int, *args, **kwargs) -> None:

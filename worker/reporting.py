@@ -8,21 +8,13 @@ import threading
 import time
 from typing import Any, Callable
 
-from copd.client import ApiError, Client
+from contract.client import ApiError, Client
+from contract.plan import Unit
+from contract.spec import Knobs
+from contract.vocab import RUNNING, TERMINAL
 from trainer.checkpoint import CheckpointInfo
-from trainer.schedule import Unit
 
 log = logging.getLogger("copd.worker")
-
-STOPPED = frozenset({"cancelled", "failed", "completed"})  # a unit of such a run stops at its next step
-
-
-def heartbeat_unit(unit: Unit, cycles: int) -> str:
-    """The API names units `c<cycle>/<phase>/<expert>`: the merge becomes `c<cycles>/merge/merged`, other
-    units of no expert (evaluations, baselines' single policies) `c<c>/<phase>/all`."""
-    if unit.kind == "merge":
-        return f"c{cycles}/merge/merged"
-    return unit.id if unit.expert else f"c{unit.cycle}/{unit.kind}/all"
 
 
 def api_cycle(unit: Unit, cycles: int) -> int:
@@ -81,8 +73,8 @@ class RestReporter:
         self.stop_check_s, self.step_delay_s = stop_check_s, step_delay_s
         self.shutting_down, self.heartbeats = shutting_down, heartbeats
         self.checkpoints: list[int] = []      # ids of the checkpoint records this unit registered
-        self._knobs: tuple[int, dict[str, Any]] | None = None
-        self._status: tuple[float, str] = (0.0, "running")
+        self._knobs: tuple[int, Knobs] | None = None
+        self._status: tuple[float, str] = (0.0, RUNNING)
 
     # ---- what the unit produced -----------------------------------------------------------------
     def metrics(self, expert: str | None, cycle: int, step: int, values: dict[str, float]) -> None:
@@ -91,7 +83,8 @@ class RestReporter:
         for key, value in values.items():
             v = float(value)
             if math.isfinite(v):
-                points.append({"expert": expert, "key": key, "step": step, "value": v, "wall_time": now})
+                points.append({"expert": expert, "key": key, "step": step, "cycle": cycle, "value": v,
+                               "wall_time": now})
             else:
                 dropped.append(key)
         if points:
@@ -109,11 +102,11 @@ class RestReporter:
         self.api.post_event(self.run_id, message[:10_000], level=level, expert=expert)
 
     # ---- knobs -----------------------------------------------------------------------------------
-    def knobs(self) -> tuple[int, dict[str, Any]]:
+    def knobs(self) -> tuple[int, Knobs]:
         """The latest version (one small GET per step boundary; values are re-read only when it changed)."""
         knobs = self.api.get_knobs(self.run_id)
         if self._knobs is None or knobs.version != self._knobs[0]:
-            self._knobs = (knobs.version, dict(knobs.values))
+            self._knobs = (knobs.version, knobs.values)
             if knobs.version:
                 log.info("run %d unit %s: knobs version %d %s", self.run_id, self.unit.id, knobs.version, knobs.values)
         return self._knobs
@@ -130,7 +123,7 @@ class RestReporter:
         try:
             self.api.report_progress(self.run_id, cycle=api_cycle(self.unit, self.cycles), phase=self.unit.kind,
                                      expert=self.unit.expert,
-                                     unit=heartbeat_unit(self.unit, self.cycles) if self.unit.expert else None,
+                                     unit=self.unit.id if self.unit.expert else None,
                                      progress=overall)
         except ApiError as err:
             if err.status != 409:  # 409: the run stopped; should_stop will say so at the step boundary
@@ -146,4 +139,4 @@ class RestReporter:
         if time.monotonic() - checked >= self.stop_check_s:
             status = self.api.get_run(self.run_id).status
             self._status = (time.monotonic(), status)
-        return status in STOPPED
+        return status in TERMINAL  # a unit of a run that is over stops at its next step

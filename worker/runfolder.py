@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.schedule import Unit, plan, steps_of
-from trainer.spec import RunSpec
+from contract.plan import Unit, plan, steps_of
+from contract.spec import RunSpec
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from copd.settings import get_settings
-from server.schemas import RunPublic
-from trainer.spec import RunSpec, parse_spec
+from contract.settings import get_settings
+from contract.schemas import RunPublic
+from contract.vocab import RUNNABLE  # noqa: F401  (a unit of such a run may start; the old name was ACTIVE)
+from contract.spec import RunSpec, parse_spec
 
-ACTIVE = frozenset({"queued", "running"})  # a unit of such a run may start
 MAX_CONTEXTS = 2                           # runs whose models a worker keeps in memory
 
 _contexts: "OrderedDict[tuple[int, str], object]" = OrderedDict()

@@ -13,7 +13,7 @@ import time
 from celery import chord
 from celery.exceptions import Reject
 
-from copd.client import ApiError, Client
+from contract.client import ApiError, Client
 from worker.celery_app import SHUTTING_DOWN, app
 from worker.config import WorkerSettings
 from worker.join import advance_run

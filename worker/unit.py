@@ -7,12 +7,13 @@ import traceback
 from dataclasses import asdict, is_dataclass
 from typing import Any, Callable
 
-from copd.client import ApiError, Client
-from trainer.schedule import Unit, plan
+from contract.client import ApiError, Client
+from contract.plan import Unit, plan
 from worker.config import WorkerSettings
-from worker.reporting import Heartbeats, RestReporter, api_cycle, heartbeat_unit
+from worker.reporting import Heartbeats, RestReporter, api_cycle
 from worker.runfolder import LockAbandoned, RunFolder, unit_of, unit_weight
-from worker.runs import ACTIVE, context_for, run_root, spec_of
+from contract.vocab import RUNNABLE
+from worker.runs import context_for, run_root, spec_of
 
 log = logging.getLogger("copd.worker")
 
@@ -30,14 +31,14 @@ def execute_unit(api: Client, run_id: int, unit_id: str, *, worker: str, cfg: Wo
     folder = RunFolder(run_root(run_id))
     if folder.is_done(unit_id):
         return {"unit": unit_id, "skipped": "done"}
-    if run.status not in ACTIVE:  # paused: the unit boundary is here; cancelled, crashed, over: nothing to do
+    if run.status not in RUNNABLE:  # paused: the unit boundary is here; cancelled, crashed, over: nothing to do
         return {"unit": unit_id, "skipped": run.status}
     spec = spec_of(run)
 
     def keep_waiting() -> bool:  # another live worker runs this unit: wait for it, as a chord member must
         if shutting_down():
             raise Requeue(unit_id)
-        return not folder.is_done(unit_id) and api.get_run(run_id).status in ACTIVE
+        return not folder.is_done(unit_id) and api.get_run(run_id).status in RUNNABLE
 
     try:
         with folder.lock(unit_id, wait=keep_waiting, poll_s=2.0):
@@ -56,7 +57,7 @@ def _run_locked(api, run_id, spec, unit: Unit, folder: RunFolder, worker: str, c
     units = plan(spec)
     total = sum(unit_weight(spec, u) for u in units) or 1
     before = sum(unit_weight(spec, u) for u in units if folder.is_done(u.id)) / total
-    with Heartbeats(api, run_id, heartbeat_unit(unit, cycles), worker, cfg.heartbeat_interval_s) as hb:
+    with Heartbeats(api, run_id, unit.id, worker, cfg.heartbeat_interval_s) as hb:
         ctx = context_for(run_id, spec, log_fn=_run_log(api, run_id))  # e.g. building the tiny base model
         reporter = RestReporter(api, run_id, unit, cycles=cycles, applied=_applied.setdefault(run_id, set()),
                                 progress_span=(before, unit_weight(spec, unit) / total),
@@ -94,7 +95,7 @@ def _run_log(api: Client, run_id: int) -> Callable[[str], None]:
 def _expert_status(api: Client, run_id: int, unit: Unit, cycles: int, status: str, progress: float) -> None:
     try:
         api.report_progress(run_id, cycle=api_cycle(unit, cycles), phase=unit.kind, expert=unit.expert,
-                            unit=heartbeat_unit(unit, cycles) if unit.expert else None,
+                            unit=unit.id if unit.expert else None,
                             expert_status=status if unit.expert else None, progress=min(progress, 0.99))
     except ApiError as err:
         if err.status != 409:  # 409: the run stopped meanwhile

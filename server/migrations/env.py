@@ -18,7 +18,7 @@ def _url() -> str:
     url = config.attributes.get("url")
     if url:
         return url
-    from copd.settings import get_settings
+    from contract.settings import get_settings
 
     return get_settings().db_url
 

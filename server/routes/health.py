@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from copd import __version__
+from contract import __version__
 from server.schemas import Health
 
 api = APIRouter(tags=["health"])

@@ -10,7 +10,7 @@ from server import crud
 from server.deps import Reader, RunId, SessionDep, Writer
 from server.guard import router
 from server.schemas import ForkCreate, RunList, RunPublic, RunStatus, run_public
-from trainer.spec import RunSpec
+from contract.spec import RunSpec
 
 api = router(tags=["runs"])
 

@@ -83,7 +83,7 @@ class Recorder:
     def __init__(self, monkeypatch, spec):
         import trainer.baselines as baselines
         import trainer.local as local
-        import trainer.units as units
+        import trainer.steps as units  # step_batches, where the expert units draw their batches
         from trainer.domains import load_domain
 
         self.calls: list[tuple[str, str, str | None, frozenset[str], float]] = []

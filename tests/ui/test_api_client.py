@@ -39,7 +39,7 @@ def test_errors_are_one_readable_line(api_server: ApiProcess, api: Api, dead_url
     assert "no token found" in e.value.message
     with pytest.raises(ApiError) as e, closing(Api(dead_url, "x" * 20)) as other:
         other.runs()
-    assert e.value.status is None and e.value.message.startswith(f"API not reachable at {dead_url}")
+    assert e.value.status == 0 and e.value.message.startswith(f"API not reachable at {dead_url}")  # 0: unreachable
     assert "copd api" in e.value.message
 
 

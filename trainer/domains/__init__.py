@@ -12,40 +12,15 @@ from __future__ import annotations
 
 import functools
 import os
-import random
 from typing import Callable
 
-from trainer.domains.base import Domain, Sample, Verifier
-from trainer.spec import JsonlDomain
+from contract.spec import JsonlDomain
+from trainer.domains import arith, frames, grid, jsonl, marked
+from trainer.domains.base import Domain, DomainError, Sample, Verifier, draw_splits
 
 __all__ = ["BUILTINS", "Domain", "DomainError", "Sample", "Verifier", "draw_splits", "load_domain"]
 
-
-class DomainError(ValueError):
-    """A domain that cannot be built; the message is one line naming the problem."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).splitlines()))
-
-
-def draw_splits(rng: random.Random, draw: Callable[[random.Random], Sample], n_train: int,
-                n_eval: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
-    """(train, eval) of samples with distinct prompts drawn from `draw`; the first `n_eval` drawn are eval."""
-    by_prompt: dict[str, Sample] = {}
-    budget = 50 * (n_train + n_eval)  # a generator this short of distinct prompts is a bug, not bad luck
-    for _ in range(budget):
-        s = draw(rng)
-        by_prompt.setdefault(s.prompt, s)
-        if len(by_prompt) == n_train + n_eval:
-            samples = tuple(by_prompt.values())
-            return samples[n_eval:], samples[:n_eval]
-    raise DomainError(f"only {len(by_prompt)} distinct prompts in {budget} draws; need {n_train + n_eval}")
-
-
-# The builtin modules and jsonl import `DomainError` / `draw_splits` from here, so they come after them.
-from trainer.domains import arith, frames, grid, jsonl, marked  # noqa: E402
-
-# Same names, same order as names.BUILTIN_DOMAINS (which the spec validates against; a test checks).
+# Same names, same order as contract.vocab.BUILTIN_DOMAINS (which the spec validates against; a test checks).
 BUILTINS: dict[str, Callable[[int], Domain]] = {
     "builtin:arith": arith.build,
     "builtin:grid": grid.build,

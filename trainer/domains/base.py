@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -37,3 +38,24 @@ class Domain:
             chars.update(s.prompt)
             chars.update(s.answer)
         return chars
+
+
+class DomainError(ValueError):
+    """A domain that cannot be built; the message is one line naming the problem."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+def draw_splits(rng: random.Random, draw: Callable[[random.Random], Sample], n_train: int,
+                n_eval: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+    """(train, eval) of samples with distinct prompts drawn from `draw`; the first `n_eval` drawn are eval."""
+    by_prompt: dict[str, Sample] = {}
+    budget = 50 * (n_train + n_eval)  # a generator this short of distinct prompts is a bug, not bad luck
+    for _ in range(budget):
+        s = draw(rng)
+        by_prompt.setdefault(s.prompt, s)
+        if len(by_prompt) == n_train + n_eval:
+            samples = tuple(by_prompt.values())
+            return samples[n_eval:], samples[:n_eval]
+    raise DomainError(f"only {len(by_prompt)} distinct prompts in {budget} draws; need {n_train + n_eval}")

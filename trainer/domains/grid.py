@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from trainer.domains import draw_splits
+from trainer.domains.base import draw_splits
 from trainer.domains.base import Domain, Sample
 from trainer.domains.verifiers import score_exact
 

@@ -13,10 +13,10 @@ import math
 import random
 from pathlib import Path
 
-from trainer.domains import DomainError
+from trainer.domains.base import DomainError
 from trainer.domains.base import Domain, Sample
 from trainer.domains.verifiers import VERIFIERS
-from trainer.spec import JsonlDomain
+from contract.spec import JsonlDomain
 
 
 def load_jsonl(spec: JsonlDomain, seed: int) -> Domain:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from contract import metrics as M
 from ui import charts, frames
 from ui.api import Api, ApiError
 from ui.common import client, run_label, show_error
@@ -15,7 +16,8 @@ EVAL_POINTS = 5000
 @st.cache_data(ttl=15, show_spinner=False)
 def final_of(_api: Api, base_url: str, run_id: int, domains: tuple[str, ...], status: str) -> pd.DataFrame:
     """(domain, accuracy, source) of one run; cached briefly per run and status."""
-    acc = pd.concat([_api.metrics(run_id, key=f"acc/{d}", max_points=EVAL_POINTS) for d in domains], ignore_index=True)
+    acc = pd.concat([_api.metrics(run_id, key=M.ACC.key_for(d), max_points=EVAL_POINTS, cycle=True) for d in domains],
+                    ignore_index=True)
     return frames.final_accuracy(frames.accuracy_by_cycle(acc), domains)
 
 

@@ -8,11 +8,9 @@ import streamlit as st
 import yaml
 
 from ui.api import ApiError
-from ui.common import client, flash
+from ui.common import client, flash, vocab
 
-STRATEGIES = ["copd", "independent", "independent_merge", "mixed_rlvr", "static_opd", "mopd"]
-DOMAINS = ["builtin:arith", "builtin:grid", "builtin:frames", "jsonl file"]
-VERIFIERS = ["exact", "numeric", "choice", "regex", "math"]
+JSONL = "jsonl file"
 DEFAULT_EXPERTS = [("text", "builtin:arith"), ("image", "builtin:grid"), ("video", "builtin:frames")]
 EXAMPLE_YAML = """\
 name: tiny-copd
@@ -66,18 +64,22 @@ def submit(spec: dict[str, Any], start: bool, source: str) -> None:
 
 
 def expert_rows() -> list[dict[str, Any]]:
+    words = vocab()
+    domains, verifiers = [*words.builtin_domains, JSONL], words.verifiers
     n = int(st.number_input("Number of experts", min_value=1, max_value=32, value=3, key="nr_n_experts", width=220))
     field_error("experts")
     experts = []
     for i in range(n):
-        name0, domain0 = DEFAULT_EXPERTS[i] if i < len(DEFAULT_EXPERTS) else (f"expert{i}", DOMAINS[i % 3])
+        name0, domain0 = DEFAULT_EXPERTS[i] if i < len(DEFAULT_EXPERTS) else (f"expert{i}", domains[i % 3])
         c = st.columns([2, 2, 3, 2])
         name = c[0].text_input(f"Expert {i + 1} name", name0, key=f"nr_expert_name_{i}")
-        domain = c[1].selectbox(f"Expert {i + 1} domain", DOMAINS, DOMAINS.index(domain0), key=f"nr_expert_domain_{i}")
+        domain = c[1].selectbox(f"Expert {i + 1} domain", domains, domains.index(domain0) if domain0 in domains else 0,
+                                key=f"nr_expert_domain_{i}")
         entry: dict[str, Any] = {"name": name.strip(), "domain": domain}
-        if domain == "jsonl file":
+        if domain == JSONL:
             path = c[2].text_input("JSONL path", key=f"nr_expert_path_{i}", placeholder="data/mine.jsonl")
-            verifier = c[3].selectbox("Verifier", VERIFIERS, 1, key=f"nr_expert_verifier_{i}")
+            verifier = c[3].selectbox("Verifier", verifiers, verifiers.index("numeric") if "numeric" in verifiers else 0,
+                                      key=f"nr_expert_verifier_{i}")
             entry["domain"] = {"type": "jsonl", "path": path.strip(), "verifier": verifier}
         with st.container():
             field_error(f"experts.{i}")
@@ -95,7 +97,9 @@ def form_spec() -> dict[str, Any]:
                            help="builtin:tiny, a local Hugging Face folder, or a hub id")
     with c[1]:
         field_error("base_model")
-    strategy = c[2].selectbox("Strategy", STRATEGIES, key="nr_strategy")
+    strategies = {s.name: s.note for s in vocab().strategies}
+    strategy = c[2].selectbox("Strategy", list(strategies), key="nr_strategy",
+                              help="; ".join(f"{k}: {v}" for k, v in strategies.items()))
     with c[2]:
         field_error("strategy")
     seed = c[3].number_input("Seed", value=0, step=1, key="nr_seed")

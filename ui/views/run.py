@@ -11,6 +11,8 @@ import pandas as pd
 import streamlit as st
 import yaml
 
+from contract import metrics as M
+from contract.vocab import ACTIONS as LIFECYCLE
 from ui import charts, frames
 from ui.api import Api, ApiError
 from ui.common import (ACTIVE, CHARTS_S, LIVE_S, client, compact, flash, fmt_bytes, fmt_duration,
@@ -19,8 +21,7 @@ from ui.mixing import knob_editor, knob_status
 
 STEP_POINTS = 800  # per expert series: the API min/max-downsamples longer ones, so 100k-step runs stay fast
 EVAL_POINTS = 5000  # evaluations are one point per cycle; this only guards against absurd runs
-ACTIONS = {"start": {"draft"}, "pause": {"queued", "running"}, "resume": {"paused", "crashed"},
-           "cancel": {"draft", "queued", "running", "paused", "crashed"}}
+ACTIONS = {action: rule.allowed_from for action, rule in LIFECYCLE.items()}  # action → statuses it is allowed from
 
 
 def pick_run(api: Api) -> None:
@@ -91,9 +92,10 @@ def status_panel(run_id: int, shown_status: str) -> None:
                 st.rerun()
 
 
-def _series(api: Api, run_id: int, keys: list[str], max_points: int) -> pd.DataFrame:
-    """Several keys' series (every expert) in one tidy frame."""
-    return pd.concat([api.metrics(run_id, key=k, max_points=max_points) for k in keys], ignore_index=True)
+def _series(api: Api, run_id: int, keys: list[str], max_points: int, *, cycle: bool = False) -> pd.DataFrame:
+    """Several keys' series (every expert) in one tidy frame (with the points' cycle when asked)."""
+    return pd.concat([api.metrics(run_id, key=k, max_points=max_points, cycle=cycle) for k in keys],
+                     ignore_index=True)
 
 
 @st.fragment(run_every=CHARTS_S)
@@ -101,7 +103,8 @@ def coevolution(run_id: int, experts: list[str]) -> None:
     """(1) accuracy per domain per cycle, (2) reward and OPD KL per step with phases shaded, (3) overlap."""
     api = client()
     try:
-        acc = frames.accuracy_by_cycle(_series(api, run_id, [f"acc/{d}" for d in experts], EVAL_POINTS))
+        acc = frames.accuracy_by_cycle(_series(api, run_id, [M.ACC.key_for(d) for d in experts], EVAL_POINTS,
+                                               cycle=True))
     except ApiError as err:
         show_error(err, "Could not load metrics")
         return
@@ -114,23 +117,23 @@ def coevolution(run_id: int, experts: list[str]) -> None:
         for i, domain in enumerate(experts if not acc.empty else []):
             cols[i % len(cols)].altair_chart(charts.accuracy_chart(acc, domain, experts), width="stretch")
     with step_tab:
-        step_views(api, run_id, experts, ("reward/mean", "opd/kl"))
+        step_views(api, run_id, experts, (M.REWARD.key, M.OPD_KL.key))
     with overlap_tab:
         overlap_view(api, run_id, experts, acc)
     with engine_tab:
-        step_views(api, run_id, experts, ("rollout/logp_gap", "memory/peak_gb"))
+        step_views(api, run_id, experts, (M.LOGP_GAP.key, M.PEAK_MEMORY.key))
         st.caption("rollout/logp_gap: mean |log π_trainer − log π_sampler| of the sampled tokens (the rollout "
                    "engine against the trainer's own forward; corrected by truncated importance sampling). "
                    "memory/peak_gb: the unit process's peak (CUDA allocated on a GPU, RSS on a CPU).")
 
 
-PHASE_II_ONLY = {"opd/kl"}  # series with points in Phase II only: drawn with gaps between the phases
+PHASE_II_ONLY = {d.key for d in M.REGISTRY if d.phase == "opd"}  # series with points in Phase II only: drawn with gaps between the phases
 
 
 def step_views(api: Api, run_id: int, experts: list[str], keys: tuple[str, str]) -> None:
     """Two per-step series side by side, every expert a line, Phase I / II shaded."""
     try:
-        phase = api.metrics(run_id, key="phase", expert=experts[0], max_points=STEP_POINTS)
+        phase = api.metrics(run_id, key=M.PHASE.key, expert=experts[0], max_points=STEP_POINTS)
         series = [api.metrics(run_id, key=k, max_points=STEP_POINTS) for k in keys]
     except ApiError as err:
         show_error(err, "Could not load step metrics")
@@ -151,7 +154,7 @@ def step_views(api: Api, run_id: int, experts: list[str], keys: tuple[str, str])
 
 def overlap_view(api: Api, run_id: int, experts: list[str], acc: pd.DataFrame) -> None:
     kind = st.radio("measure", ["top-k", "top-1"], horizontal=True, key=f"ov_kind_{run_id}")
-    prefix = "overlap/" if kind == "top-k" else "overlap_top1/"
+    prefix = M.OVERLAP.prefix if kind == "top-k" else M.OVERLAP_TOP1.prefix
     try:
         overlap = _series(api, run_id, [f"{prefix}{j}" for j in experts], EVAL_POINTS)
     except ApiError as err:

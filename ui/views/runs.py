@@ -7,24 +7,23 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from contract import metrics as M
+from contract.vocab import DRAFT, MERGED, QUEUED
 from ui.api import Api, ApiError
-from ui.common import LIVE_S, client, fmt_duration, fmt_time, show_error
-
-STATUSES = ["draft", "queued", "running", "paused", "completed", "failed", "cancelled", "crashed"]
-STRATEGIES = ["copd", "independent", "independent_merge", "mixed_rlvr", "static_opd", "mopd"]
+from ui.common import LIVE_S, client, fmt_duration, fmt_time, show_error, vocab
 PAGE_SIZE = 100
 
 
 @st.cache_data(ttl=30, show_spinner=False)
 def _merged_mean(_api: Api, base_url: str, run_id: int, finished_at: str | None) -> float | None:
     """The merged model's `acc_mean` (None until the merge was evaluated); cached per run and finish time."""
-    series = _api.metrics(run_id, key="acc_mean", expert="merged", max_points=2)
+    series = _api.metrics(run_id, key=M.ACC_MEAN.key, expert=MERGED, max_points=2)
     return float(series.sort_values("step")["value"].iloc[-1]) if not series.empty else None
 
 
 def _row(api: Api, run: dict[str, Any]) -> dict[str, Any]:
     acc = None
-    if run["status"] not in ("draft", "queued"):
+    if run["status"] not in (DRAFT, QUEUED):
         try:
             acc = _merged_mean(api, api.base_url, run["id"], run.get("finished_at"))
         except ApiError:
@@ -40,8 +39,9 @@ def _row(api: Api, run: dict[str, Any]) -> dict[str, Any]:
 
 st.title("Runs")
 top = st.columns([3, 3, 3, 1.2], vertical_alignment="bottom")
-statuses = top[0].multiselect("Status", STATUSES, key="runs_status")
-strategies = top[1].multiselect("Strategy", STRATEGIES, key="runs_strategy")
+words = vocab()
+statuses = top[0].multiselect("Status", words.statuses, key="runs_status")
+strategies = top[1].multiselect("Strategy", [s.name for s in words.strategies], key="runs_strategy")
 name_part = top[2].text_input("Name contains", key="runs_name").strip().lower()
 top[3].page_link("views/new_run.py", label="New run", icon=":material/add:")
 

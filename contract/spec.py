@@ -1,0 +1,501 @@
+"""The run spec and the live knobs, as pydantic models (torch-free: the server validates specs with it).
+
+The spec format is documented in examples/copd-tiny.yaml and docs/trainer.md; the knobs in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from contract.vocab import BUILTIN_DOMAINS, NAME_RE, RESERVED_EXPERT_NAMES, STRATEGIES, VERIFIERS, StrategyName, Verifier
+
+# BUILTIN_DOMAINS, NAME_RE, RESERVED_EXPERT_NAMES, STRATEGIES, VERIFIERS and Strategy are also importable from
+# here (their one definition is contract/vocab.py).
+Strategy = StrategyName  # the old name of the strategy literal
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class JsonlDomain(_Model):
+    """A domain read from a JSON-lines file of records with a prompt and an answer."""
+
+    type: Literal["jsonl"] = "jsonl"
+    path: str = Field(min_length=1, description="Path of the .jsonl file (relative paths resolve from the working directory).")
+    verifier: Verifier = Field(
+        "exact", description="How a completion is scored against the record's answer.")
+    prompt_field: str = Field("prompt", min_length=1, description="Record field holding the prompt text.")
+    answer_field: str = Field("answer", min_length=1, description="Record field holding the reference answer.")
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of records held out for evaluation.")
+    tolerance: float = Field(1e-6, ge=0.0, description="Absolute tolerance of the numeric verifier.")
+
+
+DomainRef = Union[str, JsonlDomain]
+
+
+class ExpertSpec(_Model):
+    """One co-evolving policy and the domain it owns."""
+
+    name: str = Field(pattern=NAME_RE, description="Expert name: letters, digits, '_' or '-', at most 64.")
+    domain: DomainRef = Field(description="'builtin:arith' | 'builtin:grid' | 'builtin:frames', or a jsonl domain.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in RESERVED_EXPERT_NAMES:
+            raise ValueError(f"'{v}' is reserved; choose another expert name")
+        return v
+
+    @field_validator("domain")
+    @classmethod
+    def _builtin_known(cls, v: DomainRef) -> DomainRef:
+        if isinstance(v, str):
+            if v not in BUILTIN_DOMAINS:
+                raise ValueError(f"unknown domain '{v}'; builtin domains are {', '.join(BUILTIN_DOMAINS)}"
+                                 " (or give {type: jsonl, path: ...})")
+        return v
+
+
+class ScheduleSpec(_Model):
+    """How many cycles, and how many steps each phase of a cycle takes."""
+
+    cycles: int = Field(4, ge=0, le=10_000, description="Number of cycles (Phase I + Phase II each).")
+    rl_steps: int = Field(3, ge=0, le=1_000_000, description="Phase I (RLVR) steps per cycle.")
+    opd_steps: int = Field(2, ge=0, le=1_000_000, description="Phase II (mutual OPD) steps per cycle.")
+
+
+class GrpoSpec(_Model):
+    """GRPO settings of the native (own-domain) RLVR batch."""
+
+    group_size: int = Field(8, ge=2, le=1024, description="G: samples per prompt.")
+    prompts_per_step: int = Field(8, ge=1, le=100_000, description="Prompts per update step.")
+    lr: float = Field(1e-4, gt=0.0, le=1.0, description="Learning rate (AdamW).")
+    temperature: float = Field(1.0, gt=0.0, le=10.0, description="Sampling temperature.")
+    max_new_tokens: int = Field(12, ge=1, le=65_536, description="Completion length cap in tokens.")
+    eps_low: float = Field(0.2, ge=0.0, lt=1.0, description="Lower clip range of the ratio.")
+    eps_high: float = Field(0.28, ge=0.0, le=10.0, description="Upper clip range of the ratio.")
+    kl_coef: float = Field(0.0, ge=0.0, description="KL-to-reference coefficient (0 = no KL term, the paper's setting).")
+    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
+
+
+class OpdSpec(_Model):
+    """Mutual on-policy distillation settings (Phase II)."""
+
+    beta: float = Field(1.0, ge=0.0, le=1e6, description="Scale of the OPD token advantage β·(log π_teacher − log π_student).")
+    prompts_per_step: int = Field(8, ge=1, le=100_000, description="Teacher-domain prompts per teacher per step.")
+    samples_per_prompt: int = Field(4, ge=1, le=1024, description="Student samples per teacher-domain prompt.")
+    teacher_weights: dict[str, dict[str, float]] | None = Field(
+        None, description="Initial student → teacher → weight (the knob's version 0); weight 0 drops a direction. "
+                          "null = every teacher of the topology at weight 1.")
+
+
+class MixedSpec(_Model):
+    """`mixed_rlvr`: one policy, GRPO on the pooled domains."""
+
+    weights: dict[str, float] | None = Field(
+        None, description="Expert (its domain) → share of each step's prompts; null = equal mix. Normalised to sum 1.")
+
+
+class DistillSpec(_Model):
+    """`static_opd` / `mopd`: after the independent experts, on-policy distillation into one student."""
+
+    steps: int | None = Field(None, ge=0, le=1_000_000,
+                              description="Distillation steps; null = one expert's budget, cycles × (rl_steps + opd_steps).")
+    teacher: str | None = Field(None, description="static_opd: the fixed teacher expert; null = every expert but the student.")
+    student: str | None = Field(None, description="static_opd: the expert whose final weights start the student "
+                                                  "(null = the first expert); mopd: null = the base model.")
+    alpha: float = Field(1.0, ge=0.0, le=1e6, description="Weight of the student's native GRPO loss next to the OPD loss "
+                                                          "(static_opd: the student's domain; mopd: every domain).")
+
+
+class MergeSpec(_Model):
+    """How the experts are merged into the all-in-one model."""
+
+    weights: dict[str, float] | None = Field(None, description="Expert → weight (non-negative, sum 1); null = uniform.")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_ok(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("weights must name at least one expert, or be null for uniform")
+        bad = [k for k, w in v.items() if not (w >= 0 and math.isfinite(w))]
+        if bad:
+            raise ValueError(f"weights must be non-negative numbers (bad: {', '.join(bad)})")
+        total = sum(v.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1 (they sum to {total:g})")
+        return v
+
+
+class EvalSpec(_Model):
+    """Held-out evaluation and the behavioural-overlap measure."""
+
+    prompts: int = Field(128, ge=1, le=1_000_000, description="Held-out prompts per domain (greedy accuracy).")
+    overlap_k: int = Field(10, ge=1, le=1000, description="k of the top-k overlap between experts.")
+    overlap_prompts: int = Field(32, ge=1, le=100_000, description="Prompts per expert for the overlap measure.")
+
+
+class RolloutSpec(_Model):
+    """Which engine samples the rollouts and scores the teachers' tokens."""
+
+    engine: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="hf (transformers, everywhere) | vllm (colocated vLLM, weights synced in place after "
+                            "each optimizer step) | auto (vllm when importable and a GPU is present, else hf).")
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, lt=1.0,
+                                          description="vLLM's share of the GPU's memory (the trainer keeps the rest).")
+    sleep_mode: bool = Field(True, description="vLLM frees its weights and KV cache while the trainer steps (GPU only).")
+    tis_cap: float | None = Field(2.0, gt=0.0, le=1e6,
+                                  description="Truncated importance-sampling cap C: tokens weigh min(π_trainer/π_sampler, C); "
+                                              "null = no correction (the sampler's logprobs are the old policy's).")
+
+
+class ComputeSpec(_Model):
+    """Precision and devices of the experts and their teachers."""
+
+    dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Weights' dtype: auto = bf16 on a GPU that supports it, else fp32.")
+    master_fp32: bool = Field(False, description="With bf16: keep fp32 master weights (bf16 autocast forward).")
+    gpus_per_expert: int = Field(1, ge=1, le=64, description="GPUs per expert; > 1 trains the expert with FSDP "
+                                                             "across that many processes.")
+    teacher_device: Literal["same", "other", "cpu"] = Field(
+        "same", description="Where Phase II teachers live: the student's GPU, the next visible GPU, or CPU memory "
+                            "(moved to the GPU only to score).")
+
+
+class TinyModelSpec(_Model):
+    """Recipe of `builtin:tiny`: a small decoder built from a config and warm-started offline."""
+
+    arch: Literal["qwen2", "llama"] = Field("qwen2", description="transformers architecture of the tiny model.")
+    hidden_size: int = Field(128, ge=8, le=4096)
+    layers: int = Field(3, ge=1, le=64)
+    heads: int = Field(4, ge=1, le=64)
+    kv_heads: int = Field(2, ge=1, le=64)
+    intermediate_size: int = Field(384, ge=8, le=16384)
+    warmstart_max_steps: int = Field(1500, ge=0, le=1_000_000, description="Cap on supervised warm-start steps.")
+    warmstart_batch: int = Field(64, ge=1, le=4096)
+    warmstart_lr: float = Field(3e-3, gt=0.0, le=1.0)
+    target_low: float = Field(0.18, ge=0.0, le=1.0, description="Warm start stops once every domain's sampled accuracy is ≥ this …")
+    target_high: float = Field(0.50, ge=0.0, le=1.0, description="… and ≤ this.")
+
+    @model_validator(mode="after")
+    def _shape_ok(self) -> "TinyModelSpec":
+        if self.hidden_size % self.heads:
+            raise ValueError("hidden_size must be a multiple of heads")
+        if self.heads % self.kv_heads:
+            raise ValueError("heads must be a multiple of kv_heads")
+        if self.target_low > self.target_high:
+            raise ValueError("target_low must not exceed target_high")
+        return self
+
+
+class RunSpec(_Model):
+    """A whole run: base model, strategy, experts and their domains, schedule and settings."""
+
+    name: str = Field(pattern=NAME_RE, description="Run name: letters, digits, '_' or '-', at most 64.")
+    base_model: str = Field("builtin:tiny", min_length=1,
+                            description="'builtin:tiny', a local Hugging Face folder, or a hub id.")
+    strategy: StrategyName = Field("copd", description="copd | independent | independent_merge | mixed_rlvr | static_opd | mopd")
+    experts: list[ExpertSpec] = Field(min_length=1, max_length=64)
+    topology: str = Field("all_pairs", description="'all_pairs', or 'hub:<expert>' (hub-and-spoke).")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    grpo: GrpoSpec = Field(default_factory=GrpoSpec)
+    opd: OpdSpec = Field(default_factory=OpdSpec)
+    merge: MergeSpec = Field(default_factory=MergeSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    mixed: MixedSpec = Field(default_factory=MixedSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+    tiny: TinyModelSpec = Field(default_factory=TinyModelSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("experts")
+    @classmethod
+    def _unique_names(cls, v: list[ExpertSpec]) -> list[ExpertSpec]:
+        names = [e.name for e in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"expert names must be unique (repeated: {', '.join(dup)})")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunSpec":
+        names = self.expert_names
+        topo = self.topology
+        if topo != "all_pairs":
+            m = re.fullmatch(r"hub:(.+)", topo)
+            if not m:
+                raise ValueError("topology: must be 'all_pairs' or 'hub:<expert>'")
+            if m.group(1) not in names:
+                raise ValueError(f"topology: hub '{m.group(1)}' is not an expert (experts: {', '.join(names)})")
+        if self.merge.weights is not None:
+            unknown = sorted(set(self.merge.weights) - set(names))
+            if unknown:
+                raise ValueError(f"merge.weights: unknown expert(s) {', '.join(unknown)}")
+        if self.strategy == "copd" and len(names) < 2:
+            raise ValueError("experts: strategy copd needs at least 2 experts")
+        self._check_baseline_fields(names)
+        n = self.compute.gpus_per_expert
+        for field, v in (("grpo.prompts_per_step", self.grpo.prompts_per_step), ("opd.prompts_per_step", self.opd.prompts_per_step)):
+            if v % n:
+                raise ValueError(f"{field}: must be a multiple of compute.gpus_per_expert={n} (each GPU's process "
+                                 f"takes the same number of prompts; got {v})")
+        return self
+
+    def _check_baseline_fields(self, names: list[str]) -> None:
+        """Expert names in opd.teacher_weights, mixed.weights and distill name real experts."""
+        for s, row in (self.opd.teacher_weights or {}).items():
+            if s not in names:
+                raise ValueError(f"opd.teacher_weights.{s}: unknown expert (experts: {', '.join(names)})")
+            for t, w in row.items():
+                if t not in names or t == s:
+                    raise ValueError(f"opd.teacher_weights.{s}.{t}: must be another expert")
+                if not (w >= 0 and math.isfinite(w)):
+                    raise ValueError(f"opd.teacher_weights.{s}.{t}: must be a number >= 0")
+        if self.mixed.weights is not None:
+            unknown = sorted(set(self.mixed.weights) - set(names))
+            if unknown:
+                raise ValueError(f"mixed.weights: unknown expert(s) {', '.join(unknown)}")
+            if any(not (w >= 0 and math.isfinite(w)) for w in self.mixed.weights.values()) \
+                    or sum(self.mixed.weights.values()) <= 0:
+                raise ValueError("mixed.weights: must be numbers >= 0 with a positive sum")
+        for field in ("teacher", "student"):
+            v = getattr(self.distill, field)
+            if v is not None and v not in names:
+                raise ValueError(f"distill.{field}: '{v}' is not an expert (experts: {', '.join(names)})")
+        if self.strategy == "static_opd":
+            if len(names) < 2:
+                raise ValueError("experts: strategy static_opd needs at least 2 experts")
+            if self.distill.teacher is not None and self.distill.teacher == self.static_student:
+                raise ValueError("distill.teacher: the teacher cannot be the student")
+
+    @property
+    def static_student(self) -> str:
+        """static_opd's student expert."""
+        return self.distill.student or self.expert_names[0]
+
+    def distill_teachers(self) -> list[str]:
+        """The fixed teachers of the distilled student (static_opd: one-way into the student; mopd: every expert)."""
+        if self.strategy == "mopd":
+            return self.expert_names
+        if self.distill.teacher is not None:
+            return [self.distill.teacher]
+        return [n for n in self.expert_names if n != self.static_student]
+
+    @property
+    def expert_steps(self) -> int:
+        """One expert's update steps over the run: cycles × (rl_steps + opd_steps)."""
+        return self.schedule.cycles * (self.schedule.rl_steps + self.schedule.opd_steps)
+
+    @property
+    def distill_steps(self) -> int:
+        """Distillation steps of static_opd / mopd."""
+        return self.expert_steps if self.distill.steps is None else self.distill.steps
+
+    def mix_weights(self) -> dict[str, float]:
+        """mixed_rlvr's share of prompts per expert's domain, summing to 1."""
+        raw = self.mixed.weights or {n: 1.0 for n in self.expert_names}
+        total = sum(raw.values())
+        return {n: raw.get(n, 0.0) / total for n in self.expert_names}
+
+    @property
+    def expert_names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    def teachers_of(self, student: str) -> list[str]:
+        """The experts that teach `student` in Phase II, by topology."""
+        others = [n for n in self.expert_names if n != student]
+        if self.topology == "all_pairs":
+            return others
+        hub = self.topology.split(":", 1)[1]
+        return others if student == hub else [hub]
+
+
+class KnobValues(_Model):
+    """A change of the OPD-mixing knobs (the PATCH body's `changes`): every knob optional."""
+
+    beta: float | dict[str, float] | None = Field(None, description="OPD β, global or expert → β.")
+    rl_steps: int | None = Field(None, ge=0, le=1_000_000, description="Phase I steps for the coming cycles.")
+    opd_steps: int | None = Field(None, ge=0, le=1_000_000, description="Phase II steps for the coming cycles.")
+    teacher_weights: dict[str, dict[str, float]] | None = Field(
+        None, description="student → teacher → weight of that teacher's OPD loss.")
+    lr: float | None = Field(None, gt=0.0, le=1.0, description="Learning rate.")
+
+
+KnobChanges = KnobValues
+
+
+class Knobs(BaseModel):
+    """The knob values in force (version 0: the spec's). What the API stores and a unit reads at each step boundary.
+
+    Unknown keys are kept (values written by a newer version still round-trip).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    beta: float | dict[str, float] = Field(1.0, description="OPD β, global or expert → β.")
+    rl_steps: int = Field(3, ge=0, description="Phase I steps per cycle, from the next cycle on.")
+    opd_steps: int = Field(2, ge=0, description="Phase II steps per cycle, from the next cycle on.")
+    teacher_weights: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="student → teacher → weight (missing: 1; 0 drops the direction).")
+    lr: float = Field(1e-4, gt=0.0, description="Learning rate of the next steps.")
+
+    @classmethod
+    def from_spec(cls, spec: "RunSpec") -> "Knobs":
+        """Version 0: the knobs a run starts with."""
+        return cls.model_validate(knobs_from_spec(spec))
+
+    @classmethod
+    def coerce(cls, value: "Knobs | Mapping[str, Any]", spec: "RunSpec | None" = None) -> "Knobs":
+        """Knobs from a Knobs or a mapping of knob values; knobs the mapping leaves out come from `spec`."""
+        if isinstance(value, Knobs):
+            return value
+        base = knobs_from_spec(spec) if spec is not None else {}
+        return cls.model_validate({**base, **{k: v for k, v in dict(value).items() if v is not None}})
+
+    def merged(self, changes: "KnobValues | Mapping[str, Any]") -> "Knobs":
+        """These values with `changes` applied by the one merge rule (merge_knobs)."""
+        if isinstance(changes, KnobValues):
+            changes = changes.model_dump(exclude_unset=True)
+        return Knobs.model_validate(merge_knobs(self.model_dump(), dict(changes)))
+
+    def beta_for(self, expert: str, default: float | None = None) -> float:
+        """β of one student (a per-expert map falls back to `default`, else 1)."""
+        if isinstance(self.beta, dict):
+            return float(self.beta.get(expert, 1.0 if default is None else default))
+        return float(self.beta)
+
+    def steps(self, kind: str) -> int:
+        """Steps of a Phase I (`rl`) or Phase II (`opd`) unit."""
+        return int(self.rl_steps if kind == "rl" else self.opd_steps)
+
+    def teachers(self, spec: "RunSpec", student: str) -> dict[str, float]:
+        """Normalised weights of the student's teachers: the topology's, weighted by `teacher_weights`
+        (missing weights are 1); teachers at weight 0 are left out."""
+        row = self.teacher_weights.get(student, {})
+        raw = {t: float(row.get(t, 1.0)) for t in spec.teachers_of(student)}
+        total = sum(raw.values())
+        return {t: w / total for t, w in raw.items() if w > 0} if total > 0 else {}
+
+
+def merge_knobs(values: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """New knob values: each changed knob replaces the old one, except maps, which merge.
+
+    The one rule for the API's PATCH and the local DIR/knobs.json: `teacher_weights` merges per student and
+    teacher, so one weight can change alone; a per-expert `beta` map merges into an earlier map (a number
+    replaces any map).
+
+    >>> merge_knobs({"beta": 1.0, "teacher_weights": {"a": {"b": 1.0, "c": 1.0}}},
+    ...             {"teacher_weights": {"a": {"c": 0.0}}, "beta": {"a": 0.5}})
+    {'beta': {'a': 0.5}, 'teacher_weights': {'a': {'b': 1.0, 'c': 0.0}}}
+    """
+    out = dict(values)
+    for knob, new in changes.items():
+        old = out.get(knob)
+        if knob == "teacher_weights" and isinstance(old, dict):
+            out[knob] = {s: dict(row) for s, row in old.items()}
+            for student, row in new.items():
+                out[knob][student] = {**out[knob].get(student, {}), **row}
+        elif isinstance(new, dict) and isinstance(old, dict):
+            out[knob] = {**old, **new}
+        else:
+            out[knob] = new
+    return out
+
+
+def knobs_from_spec(spec: RunSpec) -> dict[str, Any]:
+    """The version-0 knob values a run starts with, as stored and sent (a `Knobs` dumped to JSON)."""
+    return {
+        "beta": spec.opd.beta,
+        "rl_steps": spec.schedule.rl_steps,
+        "opd_steps": spec.schedule.opd_steps,
+        "teacher_weights": {s: {t: float((spec.opd.teacher_weights or {}).get(s, {}).get(t, 1.0))
+                                for t in spec.teachers_of(s)} for s in spec.expert_names},
+        "lr": spec.grpo.lr,
+    }
+
+
+def validate_knob_changes(spec: RunSpec, changes: dict[str, Any]) -> dict[str, Any]:
+    """Check a knob change against the run; returns the cleaned changes or raises ValueError naming the field."""
+    parsed = KnobValues.model_validate(changes)  # raises ValidationError (a ValueError) with the field
+    out = parsed.model_dump(exclude_unset=True)
+    names = set(spec.expert_names)
+    beta = out.get("beta")
+    if isinstance(beta, dict):
+        for k, b in beta.items():
+            if k not in names:
+                raise ValueError(f"beta.{k}: unknown expert")
+            if not (b >= 0 and math.isfinite(b)):
+                raise ValueError(f"beta.{k}: must be a number >= 0")
+    elif beta is not None and not (beta >= 0 and math.isfinite(beta)):
+        raise ValueError("beta: must be a number >= 0")
+    for s, row in (out.get("teacher_weights") or {}).items():
+        if s not in names:
+            raise ValueError(f"teacher_weights.{s}: unknown expert")
+        for t, w in row.items():
+            if t not in names:
+                raise ValueError(f"teacher_weights.{s}.{t}: unknown expert")
+            if t == s:
+                raise ValueError(f"teacher_weights.{s}.{t}: an expert cannot teach itself")
+            if not (w >= 0 and math.isfinite(w)):
+                raise ValueError(f"teacher_weights.{s}.{t}: must be a number >= 0")
+    return out
+
+
+def beta_for(knobs: "Knobs | Mapping[str, Any]", expert: str, default: float) -> float:
+    """β for one student from the knob values (global or per expert)."""
+    if isinstance(knobs, Knobs):
+        return knobs.beta_for(expert, default)
+    beta = knobs.get("beta", default)
+    if isinstance(beta, dict):
+        return float(beta.get(expert, default))
+    return float(default if beta is None else beta)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be read or is invalid; the message is one line naming the field."""
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line naming each bad field and why."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse_spec(data: Any) -> RunSpec:
+    """Validate a spec given as a mapping; raises SpecError with a one-line message."""
+    if not isinstance(data, dict):
+        raise SpecError("spec: must be a mapping of fields (YAML or JSON object)")
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err)) from None
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Read a YAML or JSON spec file; raises SpecError with a one-line message."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise SpecError(f"{p}: cannot read spec ({err.strerror or err})") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} ({first})") from None
+    return parse_spec(data)
