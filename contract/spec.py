@@ -393,7 +393,7 @@ def merge_knobs(values: dict[str, Any], changes: dict[str, Any]) -> dict[str, An
 
     The one rule for the API's PATCH and the local DIR/knobs.json: `teacher_weights` merges per student and
     teacher, so one weight can change alone; a per-expert `beta` map merges into an earlier map (a number
-    replaces any map).
+    replaces any map, and a map replaces a number: experts it leaves out use the spec's `opd.beta`).
 
     >>> merge_knobs({"beta": 1.0, "teacher_weights": {"a": {"b": 1.0, "c": 1.0}}},
     ...             {"teacher_weights": {"a": {"c": 0.0}}, "beta": {"a": 0.5}})

@@ -11,6 +11,8 @@ from typing import NoReturn, Optional
 
 import typer
 
+from contract.vocab import COMPLETED, CRASHED
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="copd: Co-Evolving Policy Distillation — train, serve and steer runs.")
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
@@ -165,11 +167,27 @@ def up(host: str = typer.Option("127.0.0.1", help="API bind address."),
             f"  worker     1, broker {broker}",
             f"  token      {token}",
             f"  data       {settings.data_dir}   (logs in {logs})",
-            "Next: copd runs create examples/copd-tiny.yaml   then   copd runs watch <id>",
+            *next_steps(api_url, settings),
             "Ctrl-C stops everything.",
         ]))
 
     raise typer.Exit(run_stack(children, child_env(api_url), api_url, banner))
+
+
+def next_steps(api_url: str, settings) -> list[str]:
+    """The banner's last lines: what to type in another terminal (with the exports it needs to find this API)."""
+    from contract.settings import Settings
+
+    exports = []
+    if api_url != Settings.model_fields["api_url"].default:
+        exports.append(f"export COPD_API_URL={api_url}")
+    if not settings.api_token and settings.data_dir != Settings.model_fields["data_dir"].default:
+        exports.append(f"export COPD_DATA_DIR={settings.data_dir}")  # where the CLI finds the token
+    lines = ["Next, in another terminal:"]
+    if exports:
+        lines.append("  " + "; ".join(exports))
+    lines.append("  copd runs create examples/copd-tiny.yaml   then   copd runs watch <id>")
+    return lines
 
 
 # ---- runs and knobs over the API -------------------------------------------------------------------
@@ -190,7 +208,10 @@ def _call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ApiError as err:
-        fail(f"API {err.status}: {err.detail}" if err.status else err.detail, code=1)
+        if err.status:
+            fail(f"API {err.status}: {err.detail}", code=1)
+        fail(f"{err.detail}; is it running? `copd up` (or `copd api`) starts it, and if it listens elsewhere: "
+             f"export COPD_API_URL={err.url or 'http://HOST:PORT'} (the URL it printed)", code=1)
 
 
 @runs_app.command("create")
@@ -243,8 +264,8 @@ def _watch(api, run_id: int) -> None:
     except KeyboardInterrupt:
         typer.echo(f"stopped watching; run {run_id} goes on", err=True)
         raise typer.Exit(130) from None
-    if run.status != "completed":
-        hint = f"; continue it with: copd runs resume {run_id}" if run.status == "crashed" else ""
+    if run.status != COMPLETED:
+        hint = f"; continue it with: copd runs resume {run_id}" if run.status == CRASHED else ""
         fail(f"run {run_id} is {run.status}{hint}", code=1)
     typer.echo(f"run {run_id} completed")
 

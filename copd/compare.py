@@ -21,7 +21,9 @@ import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contract.spec import STRATEGIES, RunSpec, SpecError, format_validation_error, load_spec, parse_spec
+from contract import metrics as M
+from contract.spec import RunSpec, SpecError, format_validation_error, load_spec, parse_spec
+from contract.vocab import MERGED, MIXED, STRATEGIES, STUDENT
 
 
 class SuiteEntry(BaseModel):
@@ -191,19 +193,19 @@ def read_run(entry: str, seed: int, folder: Path) -> RunResult | None:
     doms, C = spec.expert_names, spec.schedule.cycles
     acc: dict[tuple[str | None, int], dict[str, float]] = {}
     for r in rows:
-        if r["key"].startswith("acc/"):
-            acc.setdefault((r["expert"], r["cycle"]), {})[r["key"][4:]] = r["value"]
+        if M.ACC.matches(r["key"]):
+            acc.setdefault((r["expert"], r["cycle"]), {})[M.ACC.name_in(r["key"])] = r["value"]
     base = acc.get((doms[0], 0), {})
     experts = {e: acc[(e, C)] for e in doms if (e, C) in acc} if spec.strategy not in ("mixed_rlvr",) else {}
-    merged = [v for (e, c), v in acc.items() if e == "merged"]
+    merged = [v for (e, c), v in acc.items() if e == MERGED]
     final = merged[-1] if merged else {}
     if spec.strategy == "independent" and len(experts) == len(doms):
         final = {}
     curve = [(0, _mean(base.get(d) for d in doms))] if base else []
     for (e, c), row in sorted(acc.items(), key=lambda kv: kv[0][1]):
-        if c == 0 or e == "merged":
+        if c == 0 or e == MERGED:
             continue
-        if e in ("mixed", "student"):
+        if e in (MIXED, STUDENT):
             curve.append((c, _mean(row.get(d) for d in doms)))
     if spec.strategy not in ("mixed_rlvr",):
         for c in range(1, C + 1):  # the experts: each on its own domain
@@ -213,15 +215,15 @@ def read_run(entry: str, seed: int, folder: Path) -> RunResult | None:
     per_cycle = spec.schedule.rl_steps + spec.schedule.opd_steps
     ov = {}
     for r in rows:
-        if r["expert"] is None and r["key"] in ("overlap/mean", "overlap_top1/mean"):
+        if r["expert"] is None and r["key"] in (M.OVERLAP_MEAN.key, M.OVERLAP_TOP1_MEAN.key):
             ov.setdefault(r["cycle"], {})[r["key"]] = r["value"]
-    overlap = [(c, c * per_cycle, v.get("overlap/mean", float("nan")), v.get("overlap_top1/mean", float("nan")))
+    overlap = [(c, c * per_cycle, v.get(M.OVERLAP_MEAN.key, float("nan")), v.get(M.OVERLAP_TOP1_MEAN.key, float("nan")))
                for c, v in sorted(ov.items())]
     if overlap:  # before training every expert is the base model: overlap 1
         overlap.insert(0, (0, 0, 1.0, 1.0))
     kl: dict[int, list[float]] = {}
     for r in rows:
-        if r["key"] == "opd/kl" and r["expert"] in doms:
+        if r["key"] == M.OPD_KL.key and r["expert"] in doms:
             kl.setdefault(r["step"], []).append(r["value"])
     cost = [r for r in rows if r["key"] in ("cost/rollout_tokens", "cost/train_tokens")]
     return RunResult(

@@ -9,9 +9,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from contract.client import Client
+from contract import vocab as V
 from contract.schemas import RunPublic
 
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
+TERMINAL = V.TERMINAL  # the old name here
 PHASES = {"rl": "Phase I RLVR", "opd": "Phase II OPD", "eval": "evaluate", "merge": "merge"}
 LEVEL_STYLE = {"warning": "yellow", "error": "red", "debug": "dim"}
 
@@ -28,7 +29,7 @@ def where(run: RunPublic) -> str:
 
 
 def watch_run(api: Client, run_id: int, console: Console, interval_s: float = 1.0,
-              stop_on: frozenset[str] = TERMINAL | {"crashed"}) -> RunPublic:
+              stop_on: frozenset[str] = V.WATCH_STOP) -> RunPublic:
     """Poll the run until it reaches a state in `stop_on`; prints events above the bar; returns the last view."""
     run = api.get_run(run_id)
     last_event = 0

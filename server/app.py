@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from contract import __version__
 from contract.settings import Settings, get_settings
@@ -50,7 +51,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API over the database in `settings` (default: the COPD_* environment)."""
     settings = settings or get_settings()
-    app = FastAPI(title="copd control plane", version=__version__, lifespan=lifespan,
+    # /docs and /redoc with their scripts served from the installed fastapi-offline package, not a CDN:
+    # lab servers are often offline, and the stock pages are blank there.
+    app = FastAPIOffline(title="copd control plane", version=__version__, lifespan=lifespan,
                   description="Runs, experts, knobs, metrics, checkpoints and events of CoPD training runs. "
                               "Every endpoint but /healthz needs `Authorization: Bearer <token>`.")
     app.state.settings = settings

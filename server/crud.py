@@ -17,7 +17,7 @@ from server.errors import Conflict, Invalid, NotFound, invalid_from
 from server.models import Checkpoint, Event, Expert, Heartbeat, KnobVersion, Metric, Run, Token, utcnow
 from server.schemas import CheckpointCreate, MetricPointIn, MetricPointOut, ProgressReport, Series
 from contract.spec import RunSpec, knobs_from_spec, validate_knob_changes
-from contract.vocab import COMPLETED, RESERVED_EXPERT_NAMES, RUNNING
+from contract.vocab import COMPLETED, DRAFT, RESERVED_EXPERT_NAMES, RUNNING
 
 # Series and checkpoint owners besides the experts: the merged model, the base, and the trainer's other
 # reserved policies (e.g. a baseline's single mixed policy or distilled student).
@@ -40,7 +40,7 @@ def _event(session: Session, run_id: int, message: str, *, level: str = "info", 
 def create_run(session: Session, *, spec: RunSpec, author: str, parent_run_id: int | None = None,
                parent_checkpoint_id: int | None = None, cycle: int = 0) -> Run:
     """A draft run with its experts and knob version 0 (the spec's knobs)."""
-    run = Run(name=spec.name, strategy=spec.strategy, spec=spec.model_dump(mode="json"), status="draft",
+    run = Run(name=spec.name, strategy=spec.strategy, spec=spec.model_dump(mode="json"), status=DRAFT,
               cycle=cycle, parent_run_id=parent_run_id, parent_checkpoint_id=parent_checkpoint_id,
               experts=[Expert(name=e.name, domain=_domain_json(e.domain)) for e in spec.experts])
     session.add(run)

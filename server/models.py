@@ -22,7 +22,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from contract.vocab import STATUSES as RUN_STATUSES  # noqa: F401  (`crashed`: heartbeats stopped; resumable)
+from contract.vocab import DRAFT, STATUSES
+
+RUN_STATUSES = STATUSES  # the old name here (`crashed`: heartbeats stopped; resumable from the last checkpoint)
 ROLES = ("read", "write", "admin")
 
 
@@ -77,7 +79,7 @@ class Run(Base):
     name: Mapped[str] = mapped_column(String(64))
     strategy: Mapped[str] = mapped_column(String(32))
     spec: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=DRAFT, index=True)
     cycle: Mapped[int] = mapped_column(Integer, default=0)
     phase: Mapped[str | None] = mapped_column(String(32))
     progress: Mapped[float] = mapped_column(Double, default=0.0)

@@ -40,6 +40,16 @@ from trainer.steps import (  # noqa: F401  (Cancelled, RunContext, …: their ol
 _teacher_weights = teacher_weights  # the old name
 
 
+def teachers_note(knobs, spec, student: str, teachers: dict) -> str:
+    """`, teachers a, b` for a unit's first event; teachers at weight 0 are named as such, not as teachers."""
+    if not teachers:
+        return ""
+    active = knobs.teachers(spec, student)
+    off = [t for t in teachers if t not in active]
+    return (f", teachers {', '.join(active) or 'none'}"
+            + (f" ({', '.join(off)} at weight 0)" if off else ""))
+
+
 def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> CheckpointInfo:
     """Phase I (RLVR) or Phase II (native GRPO + mutual OPD) steps of one expert; writes its checkpoint.
 
@@ -57,8 +67,8 @@ def run_train_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
     use_opd = unit.kind == "opd" and strategy_of(spec).opd
     teachers = {t: ctx.scorer(ctx.layout.teacher_input(t, unit.cycle)) for t in spec.teachers_of(expert)} if use_opd else {}
     reference = ctx.scorer(ctx.layout.base) if spec.grpo.kl_coef > 0 else None
-    reporter.event(f"{unit.id}: {n_steps} steps from {src.name}"
-                   + (f", teachers {', '.join(teachers)}" if teachers else ""), expert=expert)
+    reporter.event(f"{unit.id}: {n_steps} steps from {src.name}" + teachers_note(knobs, spec, expert, teachers),
+                   expert=expert)
     train_steps(ctx, unit, reporter, policy, n_steps,
                 lambda knobs: step_batches(ctx, unit, policy.engine, teachers, reference, knobs, rng))
     return save_policy(ctx.layout.unit_output(unit), policy, reporter, unit)

@@ -69,8 +69,17 @@ def load_base(run_id: int, knobs: Knobs | None = None) -> Knobs:
     return knobs
 
 
+def shown_values(values: dict[str, Any], experts: Sequence[str], spec_beta: float) -> dict[str, Any]:
+    """The knob values as they act: a per-expert β map lists every expert (one it leaves out uses the
+    spec's β, as the trainer does)."""
+    beta = values.get("beta")
+    if isinstance(beta, dict):
+        values = {**values, "beta": {e: float(beta.get(e, spec_beta)) for e in experts}}
+    return values
+
+
 @st.fragment(run_every=LIVE_S)
-def knob_status(run_id: int) -> None:
+def knob_status(run_id: int, experts: Sequence[str] = (), spec_beta: float = 1.0) -> None:
     """Current values, pending changes and the history; refreshed on its own."""
     try:
         knobs = client().knobs(run_id)
@@ -79,7 +88,8 @@ def knob_status(run_id: int) -> None:
         return
     base: Knobs | None = st.session_state.get(_base_key(run_id))
     st.markdown(f"**Knobs at version {knobs.version}**")
-    st.table(pd.DataFrame([{"knob": k, "value": compact(v)} for k, v in knobs.values.items()]), hide_index=True)
+    values = shown_values(knobs.values, experts, spec_beta)
+    st.table(pd.DataFrame([{"knob": k, "value": compact(v)} for k, v in values.items()]), hide_index=True)
     for h in knobs.pending:
         st.warning(f"Version {h.version} is **pending** — {compact(h.changes)} (saved by {h.author} at "
                    f"{fmt_time(h.created_at)}); a worker applies it at its next step boundary.",

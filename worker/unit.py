@@ -12,7 +12,7 @@ from contract.plan import Unit, plan
 from worker.config import WorkerSettings
 from worker.reporting import Heartbeats, RestReporter, api_cycle
 from worker.runfolder import LockAbandoned, RunFolder, unit_of, unit_weight
-from contract.vocab import RUNNABLE
+from contract.vocab import FAILED, RUNNABLE
 from worker.runs import context_for, run_root, spec_of
 
 log = logging.getLogger("copd.worker")
@@ -116,6 +116,6 @@ def report_failure(api: Client, run_id: int, unit_id: str | None, err: BaseExcep
         pass
     try:
         api.post_event(run_id, f"{message}\n{tail}"[:10_000], level="error", expert=unit.expert if unit else None)
-        api.report_status(run_id, "failed", message=message[:4000])
+        api.report_status(run_id, FAILED, message=message[:4000])
     except ApiError as api_err:
         log.error("run %d: could not report the failure of %s (%s)", run_id, unit_id, api_err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contract.vocab import FAILED
 from server import crud, rules
 from server.deps import RunId, SessionDep, Writer
 from server.guard import router
@@ -13,7 +14,7 @@ api = router(tags=["worker"])
 @api.post("/runs/{run_id}/status", response_model=RunPublic)
 def report_status(run_id: RunId, body: StatusReport, session: SessionDep, who: Writer) -> RunPublic:
     """queued → running, running | paused → completed, queued | running | paused → failed; else 409."""
-    level = "error" if body.status == "failed" else "info"
+    level = "error" if body.status == FAILED else "info"
     run, _ = crud.transition(session, run_id=run_id, rule=rules.WORKER_REPORTS[body.status], verb=body.status,
                              by=who.name, message=body.message, level=level)
     return run_public(run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from sqlalchemy import create_engine, text
 
@@ -106,3 +107,11 @@ def test_migration_backfills_the_cycle_of_old_points(tmp_path) -> None:
     assert got[("merged", "acc/text", 6)] == 2
     assert [got[("text", "loss/grpo", s)] for s in (1, 3, 4, 6)] == [1, 1, 2, 2]
     assert got[("image", "loss/grpo", 1)] is None  # no checkpoint of image: nothing decides its cycle
+
+
+def test_openapi_docs_work_offline(api: Api) -> None:
+    page = api.anon.get("/docs")
+    assert page.status_code == 200 and "cdn." not in page.text  # no script from a CDN
+    scripts = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page.text)
+    assert scripts and all(api.anon.get(s).status_code == 200 for s in scripts)
+    assert api.anon.get("/redoc").status_code == 200 and api.anon.get("/openapi.json").status_code == 200

@@ -26,3 +26,14 @@ def test_emitted_keys_are_registered_and_carry_their_cycle(strategy, extra, tmp_
     for r in rows:  # a training step's points belong to a cycle the run has
         if M.lookup(r["key"]).per == "step":
             assert 1 <= r["cycle"] <= 2, r  # mopd's distillation is cycle 2
+
+
+def test_a_teacher_at_weight_0_is_not_listed_as_teaching():
+    from contract.spec import Knobs
+    from trainer.units import teachers_note
+
+    spec = tiny_spec(experts=[{"name": n, "domain": "builtin:arith"} for n in ("a", "b", "c")])
+    knobs = Knobs.from_spec(spec).merged({"teacher_weights": {"a": {"b": 0.0}}})
+    assert teachers_note(knobs, spec, "a", {"b": None, "c": None}) == ", teachers c (b at weight 0)"
+    assert teachers_note(knobs, spec, "b", {"a": None, "c": None}) == ", teachers a, c"
+    assert teachers_note(knobs, spec, "a", {}) == ""

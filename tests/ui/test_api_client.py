@@ -154,3 +154,11 @@ def test_the_dashboard_imports_no_server_worker_trainer_or_torch() -> None:
             "'sqlalchemy', 'celery'}); print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_a_per_expert_beta_is_shown_for_every_expert() -> None:
+    from ui.mixing import shown_values
+
+    assert shown_values({"beta": {"text": 0.5}, "lr": 1e-3}, ["text", "image"], 1.0) == \
+        {"beta": {"text": 0.5, "image": 1.0}, "lr": 1e-3}
+    assert shown_values({"beta": 0.7}, ["text", "image"], 1.0) == {"beta": 0.7}

@@ -13,6 +13,7 @@ import yaml
 
 from contract import metrics as M
 from contract.vocab import ACTIONS as LIFECYCLE
+from contract.vocab import DRAFT
 from ui import charts, frames
 from ui.api import Api, ApiError
 from ui.common import (ACTIVE, CHARTS_S, LIVE_S, client, compact, flash, fmt_bytes, fmt_duration,
@@ -275,12 +276,12 @@ def main() -> None:
     st.header("OPD mixing", divider="gray")
     left, right = st.columns(2, gap="large")
     with left:
-        knob_status(run_id)
+        knob_status(run_id, experts, float(run["opd"]["beta"]))
     with right:
         knob_editor(run_id, experts, run["status"], float(run["opd"]["beta"]))
     st.header("Checkpoints", divider="gray")
     checkpoint_table(run_id)
-    if run["status"] not in ("draft",):
+    if run["status"] != DRAFT:
         with st.expander("Fork from a checkpoint"):
             fork_form(api, run)
     st.header("Event log", divider="gray")
