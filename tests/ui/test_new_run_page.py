@@ -111,3 +111,13 @@ def test_yaml_refused_by_the_api_lists_fields(ui_env: ApiProcess) -> None:
     [problems] = at.tabs[1].table
     fields = set(problems.value["field"])
     assert {"experts.0.domain", "schedule.cycles", "surprise"} <= fields
+
+
+def test_the_form_offers_what_the_api_knows(ui_env: ApiProcess) -> None:
+    with ui_env.http() as http:
+        vocab = http.get("/vocab").json()
+    at = open_page("new_run")
+    no_traceback(at)
+    assert list(at.selectbox(key="nr_expert_domain_0").options) == [*vocab["builtin_domains"], "jsonl file"]
+    assert len(vocab["builtin_domains"]) == 12
+    assert list(at.selectbox(key="nr_strategy").options) == [s["name"] for s in vocab["strategies"]]
