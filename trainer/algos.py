@@ -1,4 +1,4 @@
-"""The math of CoPD as pure tensor functions (DESIGN.md §5): no state, no I/O.
+"""The math of CoPD as pure tensor functions: no state, no I/O.
 
 Shapes: N = sequences (prompts × samples), T = completion tokens, V = vocabulary.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 
 class LossStats(dict):
@@ -113,7 +115,13 @@ def topk_overlap(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, k
     k = min(k, student_logits.shape[-1])
     s_idx = student_logits.topk(k, dim=-1).indices               # [N, T, k]
     t_idx = teacher_logits.topk(k, dim=-1).indices               # [N, T, k]
-    hits = (s_idx.unsqueeze(-1) == t_idx.unsqueeze(-2)).any(-1).sum(-1).float()  # [N, T]
+    return topk_overlap_of_indices(s_idx, t_idx, mask)
+
+
+def topk_overlap_of_indices(student_topk: Tensor, teacher_topk: Tensor, mask: Tensor) -> Tensor:
+    """`topk_overlap` from the two top-k index sets, [N, T, k] each (k = their last size)."""
+    k = student_topk.shape[-1]
+    hits = (student_topk.unsqueeze(-1) == teacher_topk.unsqueeze(-2)).any(-1).sum(-1).float()  # [N, T]
     return masked_mean(hits / k, mask)
 
 
@@ -167,3 +175,46 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Per-position entropy of softmax(logits/temperature). [N, T, V] → [N, T]."""
     logp = (logits.float() / temperature).log_softmax(-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def _chunk_stats(hidden: Tensor, weight: Tensor, bias: Tensor | None, tokens: Tensor, temperature: float,
+                 entropy: bool) -> tuple[Tensor, Tensor]:
+    """log π(tokens) and (detached; empty when not asked) the entropy of one chunk. hidden [M, D] → [M], [M].
+
+    log π = z_token − logsumexp(z): the backward keeps no [M, V] log-softmax; the entropy (no grad) is −Σ p·log p.
+    """
+    z = F.linear(hidden, weight, bias).float()                                      # [M, V]
+    if temperature != 1.0:
+        z = z / temperature
+    lse = torch.logsumexp(z, -1)                                                    # [M]
+    picked = torch.gather(z, -1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+    if not entropy:
+        return picked, picked.new_empty(0)
+    with torch.no_grad():
+        logp = z.detach() - lse.detach().unsqueeze(-1)                              # [M, V]
+        return picked, -(logp.exp().unsqueeze(1) @ logp.unsqueeze(2)).view(-1)       # −Σ p·log p
+
+
+def chunked_token_stats(hidden: Tensor, weight: Tensor, bias: Tensor | None, tokens: Tensor,
+                        temperature: float = 1.0, chunk: int = 1024,
+                        entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """`token_logprobs` (and `entropy_from_logits`) of logits = hidden · weightᵀ + bias, without the [N, T, V]
+    tensor: positions go through the vocabulary projection `chunk` at a time, and under autograd each chunk
+    is recomputed in the backward (only its hidden states are kept), so memory is [chunk, V], not [N·T, V].
+
+    hidden [N, T, D], weight [V, D], bias [V] | None, tokens [N, T] → logp [N, T] (differentiable),
+    entropy [N, T] (detached) or None.
+    """
+    n, t, d = hidden.shape
+    flat, ids = hidden.reshape(n * t, d), tokens.reshape(n * t)
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    logps, ents = [], []
+    for s in range(0, n * t, chunk):
+        args = (flat[s: s + chunk], weight, bias, ids[s: s + chunk], temperature, entropy)
+        lp, ent = checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args)
+        logps.append(lp)
+        ents.append(ent)
+    logp = torch.cat(logps).view(n, t) if logps else hidden.new_zeros(n, t, dtype=torch.float32)
+    if not entropy:
+        return logp, None
+    return logp, (torch.cat(ents).view(n, t) if ents else logp.detach().clone())

@@ -6,9 +6,11 @@ from typing import Mapping, Sequence
 
 import torch
 
-from trainer.algos import topk_overlap
+from contract import metrics as M
+from trainer.algos import topk_overlap, topk_overlap_of_indices
 from trainer.domains.base import Domain
-from trainer.rollout import HFEngine, forward_logits
+from trainer import rollout
+from trainer.rollout import HFEngine, forward_logits, token_topk
 
 
 def accuracy(engine: HFEngine, domain: Domain, n_prompts: int, max_new_tokens: int) -> tuple[float, float]:
@@ -30,15 +32,29 @@ def overlap_row(owner: str, engines: Mapping[str, HFEngine], domain: Domain, n_p
     prompts = [s.prompt for s in domain.eval[:n_prompts]]
     roll = engines[owner].sample(prompts, 1, temperature=temperature, max_new_tokens=max_new_tokens)
     mask = roll.tokens.completion_mask
-    mine = forward_logits(engines[owner].model, roll.tokens)
+    large = roll.tokens.size * mask.shape[1] * _vocab(engines[owner].model) > rollout.LOGITS_BUDGET
     out: dict[str, float] = {}
+    if large:  # top-k indices a chunk at a time: the [N, T, V] logits of every expert would not fit
+        mine_k = token_topk(engines[owner].model, roll.tokens, k)            # [N, T, k], largest first
+    else:
+        mine = forward_logits(engines[owner].model, roll.tokens)
     for other, engine in engines.items():
         if other == owner:
             continue
+        if large:
+            theirs_k = token_topk(engine.model, roll.tokens, k)
+            out[M.OVERLAP.key_for(other)] = float(topk_overlap_of_indices(mine_k, theirs_k, mask))
+            out[M.OVERLAP_TOP1.key_for(other)] = float(topk_overlap_of_indices(mine_k[..., :1], theirs_k[..., :1], mask))
+            continue
         theirs = forward_logits(engine.model, roll.tokens)
-        out[f"overlap/{other}"] = float(topk_overlap(mine, theirs, mask, k))
-        out[f"overlap_top1/{other}"] = float(topk_overlap(mine, theirs, mask, 1))
+        out[M.OVERLAP.key_for(other)] = float(topk_overlap(mine, theirs, mask, k))
+        out[M.OVERLAP_TOP1.key_for(other)] = float(topk_overlap(mine, theirs, mask, 1))
     return out
+
+
+def _vocab(model) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return int(head.weight.shape[0]) if head is not None else int(getattr(model.config, "vocab_size", 0))
 
 
 def mean_overlap(rows: Sequence[Mapping[str, float]], prefix: str = "overlap/") -> float:

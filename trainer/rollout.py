@@ -18,7 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.algos import token_logprobs
+from trainer.algos import chunked_token_stats, entropy_from_logits, token_logprobs
+
+# Beyond this many elements a [N, T, V] logits tensor is not built: logprobs and entropy are computed a chunk
+# of positions at a time, CHUNK_ELEMENTS // V positions each (2^24 fp32 = 64 MiB of logits: 110 positions of a
+# Qwen vocabulary). Smaller chunks measured worse on CPU: glibc serves allocations under its (at most 32 MiB)
+# mmap threshold from the heap, and the freed chunks fragmented it (peak RSS 3.5 GB at 16 MiB chunks, 0.7 GB
+# at 64 MiB; docs/perf.md). 2^27 fp32 = 512 MiB: a Qwen vocabulary reaches it at ~880 positions, the tiny
+# model (32 tokens) never.
+LOGITS_BUDGET = 1 << 27
+CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,75 @@ def completion_mask(completion_ids: Tensor, eos_id: int) -> Tensor:
 
 def forward_logits(model, batch: TokenBatch) -> Tensor:
     """Logits that predict each completion token: [N, T, V] (one forward over prompt ‖ completion)."""
+    return _forward(model, batch, project=True)
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """What predicts each completion token before the vocabulary projection: logits = states · weightᵀ + bias."""
+
+    states: Tensor          # [N, T, D]
+    weight: Tensor          # [V, D]
+    bias: Tensor | None     # [V]
+
+
+def output_head(model):
+    """The model's vocabulary projection when it is a plain linear layer (no logit soft-capping), else None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    cfg = getattr(model, "config", None)
+    if not isinstance(head, torch.nn.Linear) or getattr(cfg, "final_logit_softcapping", None) or _sharded(model):
+        return None
+    return head
+
+
+def forward_hidden(model, batch: TokenBatch) -> Hidden | None:
+    """`forward_logits` stopped before the vocabulary projection, or None where that is not possible (another
+    head, FSDP-sharded weights, a model without `logits_to_keep`)."""
+    head = output_head(model)
+    if head is None:
+        return None
+    states = _forward(model, batch, project=False)
+    return None if states is None else Hidden(states, head.weight, head.bias)
+
+
+def token_stats(model, batch: TokenBatch, temperature: float = 1.0, *,
+                entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """log π of each completion token [N, T] (differentiable) and, if asked, each position's entropy [N, T]
+    (detached). Large ones (beyond LOGITS_BUDGET) never build the [N, T, V] logits."""
+    n, t = batch.completion_ids.shape
+    head = output_head(model)
+    if head is not None and n * t * head.weight.shape[0] > LOGITS_BUDGET:
+        hidden = forward_hidden(model, batch)
+        if hidden is not None:
+            chunk = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
+            return chunked_token_stats(hidden.states, hidden.weight, hidden.bias, batch.completion_ids, temperature,
+                                       chunk, entropy)
+    logits = forward_logits(model, batch)                                            # [N, T, V]
+    logp = token_logprobs(logits, batch.completion_ids, temperature)
+    return logp, entropy_from_logits(logits.detach(), temperature) if entropy else None
+
+
+def token_topk(model, batch: TokenBatch, k: int) -> Tensor:
+    """Indices of the k most likely next tokens at each completion position, [N, T, k] (largest first);
+    large batches (beyond LOGITS_BUDGET) a chunk of positions at a time."""
+    n, t = batch.completion_ids.shape
+    head = output_head(model)
+    if head is not None and n * t * head.weight.shape[0] > LOGITS_BUDGET:
+        hidden = forward_hidden(model, batch)
+        if hidden is not None:
+            v = hidden.weight.shape[0]
+            flat = hidden.states.reshape(n * t, -1)
+            step = max(1, CHUNK_ELEMENTS // v)
+            parts = [F.linear(flat[s: s + step], hidden.weight, hidden.bias).topk(min(k, v), dim=-1).indices
+                     for s in range(0, n * t, step)]
+            return torch.cat(parts).view(n, t, -1)
+    logits = forward_logits(model, batch)
+    return logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+
+
+def _forward(model, batch: TokenBatch, *, project: bool) -> Tensor | None:
+    """Logits [N, T, V] (project) or the last hidden states [N, T, D] predicting each completion token; None
+    when a hidden-state forward is not available for this model."""
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     # the sampler attends to every generated token, EOS padding included; do the same so logprobs match.
     attn = torch.cat([batch.prompt_mask, torch.ones_like(batch.completion_ids)], dim=1)
@@ -121,30 +199,45 @@ def forward_logits(model, batch: TokenBatch) -> Tensor:
     g = shared_prompt_rows(batch) if SHARE_PROMPTS else 1
     if lean is not None:
         if g > 1:  # G samples of one prompt: its tokens go through the model once (same logits and gradients)
-            return lean.forward_shared(batch.prompt_ids[::g], batch.prompt_mask[::g], batch.completion_ids, g)
-        return lean.forward(ids, attn, position_ids_from_mask(attn), logits_from=p - 1)[:, :t]
+            return lean.forward_shared(batch.prompt_ids[::g], batch.prompt_mask[::g], batch.completion_ids, g,
+                                       project=project)
+        return lean.forward(ids, attn, position_ids_from_mask(attn), logits_from=p - 1, project=project)[:, :t]
+    keep = {} if project else _hidden_args(model)
+    if keep is None:
+        return None
     if g > 1:
-        shared = _forward_shared_cache(model, batch, g)
+        shared = _forward_shared_cache(model, batch, g, project=project)
         if shared is not None:
             return shared
-    out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=False)
-    return out.logits[:, p - 1: p + t - 1]
+    out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=False, **keep)
+    return (out.logits if project else out.hidden_states[-1])[:, p - 1: p + t - 1]
 
 
-def _forward_shared_cache(model, batch: TokenBatch, g: int) -> Tensor | None:
+def _hidden_args(model) -> dict | None:
+    """transformers' arguments for the last hidden states without every position's logits (None: unsupported)."""
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return None
+    return {"output_hidden_states": True, "logits_to_keep": 1}
+
+
+def _forward_shared_cache(model, batch: TokenBatch, g: int, *, project: bool = True) -> Tensor | None:
     """`forward_logits` through transformers with each prompt run once: the prompts' KV cache, repeated g
-    times (`Cache.batch_repeat_interleave`, differentiable), serves their completions. [N, T, V], or None
-    when the model returns no cache (e.g. gradient checkpointing turns it off).
+    times (`Cache.batch_repeat_interleave`, differentiable), serves their completions. [N, T, V] (or the last
+    hidden states [N, T, D] when not `project`), or None when the model returns no cache (e.g. gradient
+    checkpointing turns it off).
     """
     p_ids, p_mask = batch.prompt_ids[::g], batch.prompt_mask[::g]                 # [U, P]
     pos_p = position_ids_from_mask(p_mask)
     params = inspect.signature(model.forward).parameters
     keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    if not project:
+        keep["output_hidden_states"] = True
     out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=pos_p, use_cache=True, **keep)
     cache = out.get("cache", out.get("past_key_values"))  # transformers ≥ 5.20 renamed past_key_values to cache
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None
-    first = out.logits[:, -1:].repeat_interleave(g, 0)                           # [N, 1, V] predicts token 0
+    pick = (lambda o: o.logits) if project else (lambda o: o.hidden_states[-1])
+    first = pick(out)[:, -1:].repeat_interleave(g, 0)                            # [N, 1, V|D] predicts token 0
     n, t = batch.completion_ids.shape
     if t == 1:
         return first
@@ -152,9 +245,10 @@ def _forward_shared_cache(model, batch: TokenBatch, g: int) -> Tensor | None:
     attn = torch.cat([p_mask.repeat_interleave(g, 0), torch.ones_like(batch.completion_ids)], dim=1)  # [N, P + T]
     pos_c = (pos_p[:, -1:] + 1 + torch.arange(t - 1, device=pos_p.device)).repeat_interleave(g, 0)     # [N, T - 1]
     cache_arg = "cache" if "cache" in params else "past_key_values"
+    more = {} if project else {"output_hidden_states": True, "logits_to_keep": 1}
     rest = model(input_ids=batch.completion_ids[:, : t - 1], attention_mask=attn[:, : attn.shape[1] - 1],
-                 position_ids=pos_c, use_cache=True, **{cache_arg: cache})
-    return torch.cat([first, rest.logits], dim=1)
+                 position_ids=pos_c, use_cache=True, **{cache_arg: cache}, **more)
+    return torch.cat([first, pick(rest)], dim=1)
 
 
 SHARE_PROMPTS = True  # False: every row's prompt through the training forward again (the bench's "before" side)
@@ -264,8 +358,9 @@ class LeanDecoder:
         return h + F.linear(F.silu(gate) * up, down)
 
     def forward(self, ids: Tensor, key_mask: Tensor, positions: Tensor, *, logits_from: int = 0,
-                cache: list | None = None, start: int = 0, weights: list | None = None) -> Tensor:
-        """Logits [N, L − logits_from, V] of ids [N, L] at `positions`; key_mask [N, start + L] marks real keys."""
+                cache: list | None = None, start: int = 0, weights: list | None = None, project: bool = True) -> Tensor:
+        """Logits [N, L − logits_from, V] of ids [N, L] at `positions` (the normed last hidden states
+        [N, L − logits_from, D] when not `project`); key_mask [N, start + L] marks real keys."""
         m = self.model.model
         h = F.embedding(ids, m.embed_tokens.weight)                                  # [N, L, D]
         cos, sin = (x.unsqueeze(1) for x in m.rotary_emb(h, positions))              # [N, 1, L, hd]
@@ -279,10 +374,13 @@ class LeanDecoder:
         for i, w in enumerate(weights or self.weights()):
             h = self._block(w, h, cos, sin, mask, cache[i] if cache is not None else None, start)
         h = F.rms_norm(h[:, logits_from:], m.norm.weight.shape, m.norm.weight, m.norm.variance_epsilon)
+        if not project:
+            return h
         head = self.model.lm_head
         return F.linear(h, head.weight, head.bias)
 
-    def forward_shared(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, g: int) -> Tensor:
+    def forward_shared(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, g: int, *,
+                       project: bool = True) -> Tensor:
         """Logits predicting each completion token, [N, T, V], when every g consecutive rows share one prompt.
 
         prompt_ids, prompt_mask: [U, P] (one row per prompt, left padded); completion_ids: [N, T], N = U·g.
@@ -334,6 +432,8 @@ class LeanDecoder:
         last = h[:split].view(u, p, -1)[:, -1:].repeat_interleave(g, 0)             # [N, 1, D] predicts token 0
         h = torch.cat([last, h[split:].view(n, t, -1)[:, : t - 1]], dim=1)           # [N, T, D]
         h = F.rms_norm(h, m.norm.weight.shape, m.norm.weight, m.norm.variance_epsilon)
+        if not project:
+            return h
         head = self.model.lm_head
         return F.linear(h, head.weight, head.bias)
 
@@ -424,7 +524,7 @@ class HFEngine:
         """Scores on this engine's device (inference mode), returned on the batch's device."""
         with torch.inference_mode():
             on = batch if batch.prompt_ids.device == self.device else batch.to(self.device)
-            logp = token_logprobs(forward_logits(self.model, on), on.completion_ids, temperature) * on.completion_mask
+            logp = token_stats(self.model, on, temperature)[0] * on.completion_mask
         return logp.to(batch.completion_ids.device).clone()  # a normal tensor: inference tensors can't enter autograd
 
     @property

@@ -10,11 +10,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from trainer.algos import (entropy_from_logits, grpo_advantages, logp_gap, masked_mean, opd_advantages, policy_loss,
-                           tis_weights, token_logprobs)
+from trainer.algos import grpo_advantages, logp_gap, masked_mean, opd_advantages, policy_loss, tis_weights
 from trainer.domains.base import Domain, Sample
 from trainer.engines import autocast
-from trainer.rollout import Rollout, RolloutEngine, forward_logits
+from trainer.rollout import Rollout, RolloutEngine, token_stats
 from contract.spec import GrpoSpec, OpdSpec
 
 
@@ -107,9 +106,8 @@ def _loss_on(model, rollout: Rollout, advantages: Tensor, grpo: GrpoSpec, *, ref
     `rescore(old_logp)` recomputes token advantages that depend on the student's logprobs (OPD). Without
     `tis_cap`, the sampler's logprobs.
     """
-    with autocast(model, amp):
-        logits = forward_logits(model, rollout.tokens)                               # [N, T, V]
-    logp = token_logprobs(logits, rollout.tokens.completion_ids, grpo.temperature)   # [N, T]
+    with autocast(model, amp):  # the [N, T, V] logits only where they are small (rollout.LOGITS_BUDGET)
+        logp, ent_t = token_stats(model, rollout.tokens, grpo.temperature, entropy=True)  # [N, T], [N, T]
     mask = rollout.tokens.completion_mask
     sampler = rollout.logp.to(logp.device)
     adv, old, w = advantages.to(logp.device), sampler, None
@@ -121,7 +119,7 @@ def _loss_on(model, rollout: Rollout, advantages: Tensor, grpo: GrpoSpec, *, ref
     loss, stats = policy_loss(logp, old, adv, mask, grpo.eps_low, grpo.eps_high)
     kl = kl_penalty(logp, ref_logp.to(logp.device), mask) if ref_logp is not None else None
     with torch.no_grad():
-        ent = float(masked_mean(entropy_from_logits(logits.detach(), grpo.temperature), mask))
+        ent = float(masked_mean(ent_t, mask))
     return _Loss(loss, stats.clip_frac, ent, kl, old, stats.adv_mean, float(logp_gap(logp, sampler, mask)),
                  float(masked_mean(w, mask)) if w is not None else 1.0)
 
