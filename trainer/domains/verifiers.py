@@ -21,7 +21,7 @@ from typing import Any, Callable
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
 
-from trainer.domains.base import Sample, Verifier
+from trainer.domains.base import _ANSWER_TAG_RE, Sample, Verifier, has_answer_tag  # noqa: F401
 
 # A factory takes the domain's options (e.g. `tolerance`) and returns a verifier. Every factory accepts
 # and ignores options it has no use for, so a caller can pass a jsonl spec's options uniformly.
@@ -54,7 +54,6 @@ def score_exact(completion: str, sample: Sample, extract: str = "whole") -> floa
 #   answer_tag    the content of the last <answer>...</answer>
 #   whole         the whole completion (exact's default)
 EXTRACTS = ("last", "first", "hash", "boxed", "answer_tag", "whole")
-_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _WORD_STRIP = ".,;:!?\"'()[]{}"
 
 
@@ -101,15 +100,6 @@ def extract_answer(text: str, how: str) -> str | None:
         words = [w for w in words if w]
         return (words[0] if how == "first" else words[-1]) if words else None
     raise ValueError(f"extract must be one of {', '.join(EXTRACTS)}, got {how!r}")
-
-
-def has_answer_tag(text: str) -> bool:
-    """True when the completion carries an `<answer>...</answer>` (the format reward of R1/DAPO recipes).
-
-    >>> has_answer_tag("<think>3+4</think><answer>7</answer>"), has_answer_tag("7")
-    (True, False)
-    """
-    return _ANSWER_TAG_RE.search(text) is not None
 
 
 # ---------------------------------------------------------------- numeric
