@@ -616,8 +616,57 @@ def parse_spec(data: Any) -> RunSpec:
         raise SpecError(format_validation_error(err)) from None
 
 
-def load_spec(path: str | Path) -> RunSpec:
-    """Read a YAML or JSON spec file; raises SpecError with a one-line message."""
+def parse_override_value(raw: str) -> Any:
+    """A `--set` value: JSON (`1e-5`, `true`, `[1, 2]`), else YAML (`[a, b]`, `{x: 1}`), else the text itself."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        pass
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return raw if value is None and raw.strip() not in ("null", "~") else value
+
+
+def apply_overrides(data: Any, assignments: list[str] | tuple[str, ...]) -> Any:
+    """The spec mapping with each `dotted.key=value` applied (`grpo.lr=1e-5`, `experts.0.domain.path=x`); list
+    items by index. Raises SpecError naming the assignment; the mapping given is not changed."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in assignments:
+        path, sep, raw = item.partition("=")
+        path = path.strip()
+        if not sep or not path or any(not k for k in path.split(".")):
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. grpo.lr=1e-5")
+        if not isinstance(out, dict):
+            raise SpecError("spec: must be a mapping of fields (YAML or JSON object)")
+        keys = path.split(".")
+        node: Any = out
+        for depth, k in enumerate(keys):
+            last = depth == len(keys) - 1
+            where = ".".join(keys[: depth + 1])
+            if isinstance(node, list):
+                if not k.isdigit() or int(k) >= len(node):
+                    raise SpecError(f"--set {path}: {'.'.join(keys[:depth]) or 'spec'} has {len(node)} items; "
+                                    f"{k!r} is not one of their indexes")
+                k = int(k)
+            elif not isinstance(node, dict):
+                raise SpecError(f"--set {path}: {'.'.join(keys[:depth])} is {node!r}, not a mapping")
+            if last:
+                node[k] = parse_override_value(raw)
+            else:
+                if isinstance(node, dict) and not isinstance(node.get(k), (dict, list)):
+                    if node.get(k) is not None:
+                        raise SpecError(f"--set {path}: {where} is {node[k]!r}, not a mapping")
+                    node[k] = {}
+                node = node[k]
+    return out
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunSpec:
+    """Read a YAML or JSON spec file, `--set` overrides applied; raises SpecError with a one-line message."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -628,6 +677,8 @@ def load_spec(path: str | Path) -> RunSpec:
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} ({first})") from None
+    if overrides:
+        data = apply_overrides(data, list(overrides))
     return parse_spec(data)
 
 

@@ -189,8 +189,8 @@ def _by_source(rows: list[tuple[int, dict]], spec: DatasetDomain, label: str) ->
             out.append((i, row))
     missing = [s for s in spec.sources or [] if s not in seen]
     if missing:
-        raise DomainError(f"{label}: unknown source {', '.join(map(repr, missing))} (sources: no row has "
-                          f"{key} = it; the file has {', '.join(sorted(seen)[:12])})")
+        raise DomainError(f"{label}: unknown source {', '.join(map(repr, missing))}: no row has {key} = "
+                          f"{missing[0]!r} (its sources: {', '.join(sorted(seen)[:12])})")
     return out
 
 
