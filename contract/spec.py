@@ -162,7 +162,7 @@ class ExpertSpec(_Model):
     """One co-evolving policy and the domain it owns."""
 
     name: str = Field(pattern=NAME_RE, description="Expert name: letters, digits, '_' or '-', at most 64.")
-    domain: DomainRef = Field(description="'builtin:arith' | 'builtin:grid' | 'builtin:frames', or a jsonl domain.")
+    domain: DomainRef = Field(description="A builtin name ('builtin:arith', …), or a {type: jsonl} or {type: dataset} domain (docs/data.md).")
 
     @field_validator("name")
     @classmethod

@@ -34,8 +34,12 @@ def check_domains(spec: RunSpec, rows: int, echo: Callable[[str], None]) -> bool
     from trainer.domains import DomainError, load_domain
     from trainer.rollout import render_prompt
 
+    from contract.spec import data_path_errors
+
     tok, note = prompt_renderer(spec.base_model, echo)
     echo(f"prompts as the model sees them: {note}")
+    for field, message in data_path_errors(spec):  # fine for `copd train`; the API and workers would refuse it
+        echo(f"note: {field}: {message} (copd train reads it; the API and workers would refuse it)")
     all_ok = True
     for i, expert in enumerate(spec.experts):
         try:
