@@ -278,3 +278,27 @@ def test_paths_outside_the_roots_are_refused_naming_the_field(tmp_path):
 def test_module_plugins_are_not_paths():
     spec = parse_spec(two({"type": "dataset", "hub": "org/data", "verifier": {"function": "pkg.mod:score"}}))
     check_data_paths(spec, [])
+
+
+def test_hub_id_loads_through_datasets(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load(name, split):  # no download in tests: the call and its answer stand in for the hub
+        calls.append((name, split))
+        n = 10 if split == "train" else 3
+        return datasets.Dataset.from_list([{"question": f"{split} {i}?", "answer": f"#### {i}"} for i in range(n)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    d = load_domain(DatasetDomain(hub="openai/gsm8k", prompt_key="question", eval={"split": "test"},
+                                  verifier="numeric", extract="hash"), 0)
+    assert calls == [("openai/gsm8k", "train"), ("openai/gsm8k", "test")]
+    assert (len(d.train), len(d.eval)) == (10, 3) and d.key == "dataset:hub:openai/gsm8k"
+    assert d.score("so #### 2", d.eval[2]) == 1.0 and d.score("2 #### 1", d.eval[2]) == 0.0
+
+    def offline(name, split):
+        raise ConnectionError("no network\nmore lines")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DomainError, match=r"^hub:other/set\[train\]: cannot load \(ConnectionError: no network\)$"):
+        load_domain(DatasetDomain(hub="other/set"), 0)
