@@ -111,3 +111,16 @@ def test_train_set_bad_value_is_one_line_and_nothing_written(project):
     assert not (project / "out").exists()
     res = copd("runs", "create", "spec.yaml", "--set", "nonsense", cwd=project)
     assert res.returncode != 0 and "--set 'nonsense': expected KEY=VALUE" in res.stderr
+
+
+def test_data_check_renders_the_base_models_chat_template(project):
+    from trainer.models import build_char_tokenizer
+
+    tok = build_char_tokenizer(set("abcdefghijklmnopqrstuvwxyzT.?+= 0123456789\n<>|"))
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tok.save_pretrained(project / "base")
+    res = copd("data", "check", "spec.yaml", "--set", "base_model=base", cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert "base's tokenizer and its chat template" in res.stdout
+    assert "  <|system|>Think.\n  <|user|>What is 0+3?\n  <|assistant|>" in res.stdout
