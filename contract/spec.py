@@ -600,7 +600,7 @@ def format_validation_error(err: ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"]
                        if not (isinstance(p, str) and (p.startswith("function-") or p in _UNION_LABELS)))
         msg = e["msg"].removeprefix("Value error, ")
-        if loc and (m := _FIELD_IN_MSG.match(msg)) and not m.group(1).startswith(loc.rsplit(".", 1)[-1] + "."):
+        if loc and e.get("type") == "value_error" and (m := _FIELD_IN_MSG.match(msg)):
             loc, msg = f"{loc}.{m.group(1)}", m.group(2)  # a model validator naming its field: `x.y: msg`
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
