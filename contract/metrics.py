@@ -68,6 +68,10 @@ def _m(key: str, reduction: Reduction, phase: MetricPhase, per: Period, meaning:
 # ---- every training step (Phase I, Phase II, mixed RLVR, distillation) --------------------------
 LOSS_GRPO = _m("loss/grpo", "mean", "train", "step", "GRPO clipped-surrogate loss of the native batch")
 REWARD = _m("reward/mean", "mean", "train", "step", "mean verifier reward of the native batch's samples")
+REWARD_ERRORS = _m("reward/plugin_errors", "sum", "train", "step",
+                   "samples of the native batch whose reward plugin raised (each scored 0; the first traceback is an event)")
+REWARD_PART = _m("reward/<part>", "mean", "train", "step",
+                 "a reward part: a plugin's extra key, or `correct` / `format` with format_reward (mean over the samples that have it)")
 CLIP_FRAC = _m("grpo/clip_frac", "mean", "train", "step", "share of tokens whose ratio was clipped")
 ZERO_ADV = _m("grpo/zero_adv_groups", "mean", "train", "step",
               "share of GRPO groups whose samples all got the same reward (no signal)")

@@ -27,6 +27,8 @@ from contract.spec import (
     TinyModelSpec,
 )
 from contract.vocab import (
+    DOMAIN_TYPES,
+    EXTRACTS,
     BASE_MODELS,
     BUILTIN_DOMAINS,
     KINDS,
@@ -361,6 +363,10 @@ class Vocab(BaseModel):
     strategies: list[StrategyPublic]
     builtin_domains: list[str]
     verifiers: list[str]
+    extracts: list[str] = Field(default_factory=lambda: list(EXTRACTS),
+                                description="How numeric / exact read the answer (a domain's `extract`).")
+    domain_types: list[str] = Field(default_factory=lambda: list(DOMAIN_TYPES),
+                                    description="`type` of a file domain (docs/data.md), besides a builtin name.")
     base_models: list[str] = Field(description="Builtin base models (besides a local folder or a hub id).")
     reserved_names: list[str] = Field(description="Names an expert may not take.")
     statuses: list[str]

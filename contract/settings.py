@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# The working directory when this process started: one of the default data roots (a later chdir does not
+# widen what a spec may read).
+START_CWD = Path.cwd()
 
 
 class Settings(BaseSettings):
@@ -21,6 +27,9 @@ class Settings(BaseSettings):
     api_url: str = Field("http://127.0.0.1:8000", description="Where workers, CLI and dashboard reach the API.")
     heartbeat_timeout_s: float = Field(300.0, gt=0, description="A running run with no heartbeat for this long is marked crashed.")
     reaper_interval_s: float = Field(30.0, ge=0, description="Seconds between the API's checks for silent runs; 0 turns the check off.")
+    data_roots: str | None = Field(None, description="Folders (os.pathsep-separated) that a spec's dataset, jsonl and reward-plugin "
+                                                     "files must lie under, checked by the API and the workers; default the data "
+                                                     "dir and the working directory at process start.")
 
     @property
     def db_url(self) -> str:
@@ -33,6 +42,15 @@ class Settings(BaseSettings):
     @property
     def token_file(self) -> Path:
         return self.data_dir / "token"
+
+    @property
+    def allowed_data_roots(self) -> list[Path]:
+        """The resolved folders a spec's data files must lie under (COPD_DATA_ROOTS, else data dir + start cwd)."""
+        if self.data_roots:
+            raw = [Path(p).expanduser() for p in self.data_roots.split(os.pathsep) if p.strip()]
+        else:
+            raw = [self.data_dir, START_CWD]
+        return [p.resolve() for p in raw]
 
 
 @lru_cache

@@ -9,12 +9,14 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Mapping, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
-from contract.vocab import BUILTIN_DOMAINS, NAME_RE, RESERVED_EXPERT_NAMES, STRATEGIES, VERIFIERS, StrategyName, Verifier
+from contract.vocab import (BUILTIN_DOMAINS, DOMAIN_TYPES, EXTRACTS, NAME_RE, RESERVED_EXPERT_NAMES, STRATEGIES, VERIFIERS, Extract,
+                            StrategyName, Verifier)
 
 # BUILTIN_DOMAINS, NAME_RE, RESERVED_EXPERT_NAMES, STRATEGIES, VERIFIERS and Strategy are also importable from
 # here (their one definition is contract/vocab.py).
@@ -25,27 +27,142 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class JsonlDomain(_Model):
+# `package.module:name` or `path/to/file.py:name`.
+PLUGIN_RE = r"^\s*[^:\s][^:]*:[A-Za-z_][A-Za-z0-9_]*\s*$"
+
+
+class PluginVerifier(_Model):
+    """A reward function of your own (verl's or TRL's signature, told apart by its parameters; docs/data.md)."""
+
+    function: str = Field(pattern=PLUGIN_RE, description="'path/to/file.py:name' (a file under the data roots) or "
+                                                         "'package.module:name' (importable on the worker).")
+
+    @property
+    def target(self) -> tuple[str, str]:
+        """(file or module, function name)."""
+        where, _, name = self.function.strip().rpartition(":")
+        return where.strip(), name.strip()
+
+    @property
+    def file(self) -> str | None:
+        """The plugin's file when it is given as a path, else None (a module)."""
+        where = self.target[0]
+        return where if where.endswith(".py") or "/" in where or "\\" in where else None
+
+
+def _verifier_tag(v: Any) -> str:
+    return "PluginVerifier" if isinstance(v, (dict, PluginVerifier)) else "str"
+
+
+VerifierRef = Annotated[Union[Annotated[Verifier, Tag("str")], Annotated[PluginVerifier, Tag("PluginVerifier")]],
+                        Discriminator(_verifier_tag)]
+
+
+class _Scored(_Model):
+    """How a domain's completions are scored: a verifier or a plugin, answer extraction, format reward."""
+
+    verifier: VerifierRef = Field(
+        "exact", description="How a completion is scored against the record's answer: a verifier name, or "
+                             "{function: 'file.py:name' | 'module:name'} (a reward plugin).")
+    extract: Extract | None = Field(None, description="numeric / exact: how the answer is read out of the completion: "
+                                                      "last | first | hash (#### x) | boxed (\\boxed{x}) | "
+                                                      "answer_tag (<answer>x</answer>) | whole; null = last for "
+                                                      "numeric, whole for exact.")
+    format_reward: float = Field(0.0, ge=0.0, le=1.0, description="Share w of the training reward given for an "
+                                 "<answer>…</answer> tag: reward = (1 − w)·score + w·[tag present]. Eval accuracy "
+                                 "is the score alone.")
+    tolerance: float = Field(1e-6, ge=0.0, description="Absolute tolerance of the numeric verifier.")
+
+    @model_validator(mode="after")
+    def _extract_fits(self) -> "_Scored":
+        if self.extract is not None and self.verifier not in ("numeric", "exact"):
+            name = self.verifier if isinstance(self.verifier, str) else "a plugin"
+            raise ValueError(f"extract: only the numeric and exact verifiers take it (this domain uses {name})")
+        return self
+
+
+class JsonlDomain(_Scored):
     """A domain read from a JSON-lines file of records with a prompt and an answer."""
 
     type: Literal["jsonl"] = "jsonl"
     path: str = Field(min_length=1, description="Path of the .jsonl file (relative paths resolve from the working directory).")
-    verifier: Verifier = Field(
-        "exact", description="How a completion is scored against the record's answer.")
     prompt_field: str = Field("prompt", min_length=1, description="Record field holding the prompt text.")
     answer_field: str = Field("answer", min_length=1, description="Record field holding the reference answer.")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of records held out for evaluation.")
-    tolerance: float = Field(1e-6, ge=0.0, description="Absolute tolerance of the numeric verifier.")
 
 
-DomainRef = Union[str, JsonlDomain]
+class EvalSource(_Model):
+    """Where a dataset domain's held-out prompts come from: exactly one of a file, a split, a fraction."""
+
+    path: str | None = Field(None, min_length=1, description="Another file (or folder) read with the same keys and sources.")
+    split: str | None = Field(None, min_length=1, description="Another split of the same dataset (a folder of "
+                                                              "<split>.parquet / .jsonl files, save_to_disk, or the hub).")
+    fraction: float | None = Field(None, gt=0.0, lt=1.0, description="Share of the distinct prompts held out, by the run's seed.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "EvalSource":
+        given = [k for k in ("path", "split", "fraction") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of path, split or fraction"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
+class DatasetDomain(_Scored):
+    """A domain read from a dataset as the RL ecosystem ships it (verl / TRL / OpenRLHF; docs/data.md)."""
+
+    type: Literal["dataset"] = "dataset"
+    path: str | None = Field(None, min_length=1, description="A .parquet, .jsonl or .json file, a folder of "
+                             "<split>.parquet / <split>.jsonl files, or a datasets.save_to_disk folder.")
+    hub: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$",
+                            description="A Hugging Face hub dataset id (downloaded by the worker; instead of path).")
+    split: str = Field("train", min_length=1, description="The training split (folders, save_to_disk, hub).")
+    prompt_key: str = Field("prompt", min_length=1, description="Column of the prompt: text, or chat messages "
+                                                                "[{role, content}, …]. Dots reach nested fields.")
+    answer_key: str = Field("answer", min_length=1, description="Column of the reference answer, e.g. "
+                                                                "reward_model.ground_truth (dots reach nested fields).")
+    source_key: str | None = Field(None, min_length=1, description="Column naming each row's task (e.g. data_source).")
+    sources: list[str] | None = Field(None, min_length=1, description="Keep only rows whose source_key is one of "
+                                                                      "these (one mixed file feeds several experts).")
+    system_prompt: str | None = Field(None, description="A system message put before every prompt (replacing the row's own).")
+    eval: EvalSource = Field(default_factory=lambda: EvalSource(fraction=0.1),
+                             description="Held-out prompts: {path}, {split} or {fraction} (default fraction 0.1).")
+    max_rows: int | None = Field(None, ge=2, le=100_000_000, description="Read at most this many matching rows per split.")
+
+    @model_validator(mode="after")
+    def _where_and_sources(self) -> "DatasetDomain":
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("path: give exactly one of path (a file or folder) or hub (a hub dataset id)")
+        if self.sources is not None:
+            if self.source_key is None:
+                raise ValueError("sources: needs source_key, the column that names each row's source")
+            dup = sorted({x for x in self.sources if self.sources.count(x) > 1})
+            if dup:
+                raise ValueError(f"sources: repeated {', '.join(dup)}")
+        if self.eval.split is not None and self.path is not None and Path(self.path).suffix in (".parquet", ".jsonl", ".json"):
+            raise ValueError("eval.split: a single file has no other split; give eval.path or eval.fraction")
+        return self
+
+
+def _domain_tag(v: Any) -> str:
+    if isinstance(v, str):
+        return "str"
+    kind = v.get("type", "jsonl") if isinstance(v, dict) else getattr(v, "type", None)
+    return "DatasetDomain" if kind == "dataset" else "JsonlDomain"
+
+
+DomainRef = Annotated[Union[Annotated[str, Tag("str")], Annotated[JsonlDomain, Tag("JsonlDomain")],
+                            Annotated[DatasetDomain, Tag("DatasetDomain")]], Discriminator(_domain_tag)]
+FileDomain = (JsonlDomain, DatasetDomain)
+# Labels pydantic puts in an error's loc for the unions above (left out of the field names we print).
+_UNION_LABELS = {"str", "JsonlDomain", "DatasetDomain", "PluginVerifier"}
 
 
 class ExpertSpec(_Model):
     """One co-evolving policy and the domain it owns."""
 
     name: str = Field(pattern=NAME_RE, description="Expert name: letters, digits, '_' or '-', at most 64.")
-    domain: DomainRef = Field(description="'builtin:arith' | 'builtin:grid' | 'builtin:frames', or a jsonl domain.")
+    domain: DomainRef = Field(description="A builtin name ('builtin:arith', …), or a {type: jsonl} or {type: dataset} domain (docs/data.md).")
 
     @field_validator("name")
     @classmethod
@@ -54,13 +171,20 @@ class ExpertSpec(_Model):
             raise ValueError(f"'{v}' is reserved; choose another expert name")
         return v
 
+    @field_validator("domain", mode="before")
+    @classmethod
+    def _type_known(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "type" in v and v["type"] not in DOMAIN_TYPES:
+            raise ValueError(f"type: must be {' or '.join(DOMAIN_TYPES)} (or the domain is a builtin name), got {v['type']!r}")
+        return v
+
     @field_validator("domain")
     @classmethod
     def _builtin_known(cls, v: DomainRef) -> DomainRef:
         if isinstance(v, str):
             if v not in BUILTIN_DOMAINS:
                 raise ValueError(f"unknown domain '{v}'; builtin domains are {', '.join(BUILTIN_DOMAINS)}"
-                                 " (or give {type: jsonl, path: ...})")
+                                 " (or give {type: jsonl, path: ...} / {type: dataset, path: ...})")
         return v
 
 
@@ -466,12 +590,18 @@ class SpecError(ValueError):
     """A spec that cannot be read or is invalid; the message is one line naming the field."""
 
 
+_FIELD_IN_MSG = re.compile(r"^([a-z_][a-z0-9_.]*): (.+)$")
+
+
 def format_validation_error(err: ValidationError) -> str:
     """One line naming each bad field and why."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = ".".join(str(p) for p in e["loc"]
+                       if not (isinstance(p, str) and (p.startswith("function-") or p in _UNION_LABELS)))
         msg = e["msg"].removeprefix("Value error, ")
+        if loc and e.get("type") == "value_error" and (m := _FIELD_IN_MSG.match(msg)):
+            loc, msg = f"{loc}.{m.group(1)}", m.group(2)  # a model validator naming its field: `x.y: msg`
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
@@ -486,8 +616,57 @@ def parse_spec(data: Any) -> RunSpec:
         raise SpecError(format_validation_error(err)) from None
 
 
-def load_spec(path: str | Path) -> RunSpec:
-    """Read a YAML or JSON spec file; raises SpecError with a one-line message."""
+def parse_override_value(raw: str) -> Any:
+    """A `--set` value: JSON (`1e-5`, `true`, `[1, 2]`), else YAML (`[a, b]`, `{x: 1}`), else the text itself."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        pass
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return raw if value is None and raw.strip() not in ("null", "~") else value
+
+
+def apply_overrides(data: Any, assignments: list[str] | tuple[str, ...]) -> Any:
+    """The spec mapping with each `dotted.key=value` applied (`grpo.lr=1e-5`, `experts.0.domain.path=x`); list
+    items by index. Raises SpecError naming the assignment; the mapping given is not changed."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in assignments:
+        path, sep, raw = item.partition("=")
+        path = path.strip()
+        if not sep or not path or any(not k for k in path.split(".")):
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. grpo.lr=1e-5")
+        if not isinstance(out, dict):
+            raise SpecError("spec: must be a mapping of fields (YAML or JSON object)")
+        keys = path.split(".")
+        node: Any = out
+        for depth, k in enumerate(keys):
+            last = depth == len(keys) - 1
+            where = ".".join(keys[: depth + 1])
+            if isinstance(node, list):
+                if not k.isdigit() or int(k) >= len(node):
+                    raise SpecError(f"--set {path}: {'.'.join(keys[:depth]) or 'spec'} has {len(node)} items; "
+                                    f"{k!r} is not one of their indexes")
+                k = int(k)
+            elif not isinstance(node, dict):
+                raise SpecError(f"--set {path}: {'.'.join(keys[:depth])} is {node!r}, not a mapping")
+            if last:
+                node[k] = parse_override_value(raw)
+            else:
+                if isinstance(node, dict) and not isinstance(node.get(k), (dict, list)):
+                    if node.get(k) is not None:
+                        raise SpecError(f"--set {path}: {where} is {node[k]!r}, not a mapping")
+                    node[k] = {}
+                node = node[k]
+    return out
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunSpec:
+    """Read a YAML or JSON spec file, `--set` overrides applied; raises SpecError with a one-line message."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -498,4 +677,51 @@ def load_spec(path: str | Path) -> RunSpec:
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} ({first})") from None
+    if overrides:
+        data = apply_overrides(data, list(overrides))
     return parse_spec(data)
+
+
+# ---- path confinement (COPD_DATA_ROOTS) -----------------------------------------------------------
+
+def data_paths(spec: RunSpec) -> list[tuple[str, str]]:
+    """(field, path) of every local file a spec reads: jsonl / dataset paths, eval paths, plugin files."""
+    out: list[tuple[str, str]] = []
+    for i, e in enumerate(spec.experts):
+        d = e.domain
+        if isinstance(d, str):
+            continue
+        base = f"experts.{i}.domain"
+        if d.path is not None:
+            out.append((f"{base}.path", d.path))
+        if isinstance(d, DatasetDomain) and d.eval.path is not None:
+            out.append((f"{base}.eval.path", d.eval.path))
+        if isinstance(d.verifier, PluginVerifier) and d.verifier.file is not None:
+            out.append((f"{base}.verifier.function", d.verifier.file))
+    return out
+
+
+def path_under(path: str | Path, roots: list[Path]) -> bool:
+    """True when `path` (relative: from the working directory; symlinks followed) lies under one of `roots`."""
+    try:
+        p = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return False
+    return any(p == r or p.is_relative_to(r) for r in roots)
+
+
+def data_path_errors(spec: RunSpec, roots: list[Path] | None = None) -> list[tuple[str, str]]:
+    """(field, message) for each file of the spec outside the allowed data roots (default: the settings')."""
+    if roots is None:
+        from contract.settings import get_settings
+        roots = get_settings().allowed_data_roots
+    where = ", ".join(str(r) for r in roots) or "none"
+    return [(field, f"{path!r} is outside the allowed data roots ({where}; set COPD_DATA_ROOTS to widen them)")
+            for field, path in data_paths(spec) if not path_under(path, roots)]
+
+
+def check_data_paths(spec: RunSpec, roots: list[Path] | None = None) -> None:
+    """Raise SpecError (one line naming the field) when a file of the spec lies outside the data roots."""
+    errors = data_path_errors(spec, roots)
+    if errors:
+        raise SpecError("; ".join(f"{f}: {m}" for f, m in errors))

@@ -75,6 +75,10 @@ BUILTIN_DOMAINS: tuple[str, ...] = (
 
 Verifier = Literal["exact", "numeric", "choice", "regex", "math"]
 VERIFIERS: tuple[str, ...] = get_args(Verifier)
+# How `numeric` / `exact` read the answer out of a completion (trainer/domains/verifiers.py, docs/data.md).
+Extract = Literal["last", "first", "hash", "boxed", "answer_tag", "whole"]
+EXTRACTS: tuple[str, ...] = get_args(Extract)
+DOMAIN_TYPES: tuple[str, ...] = ("jsonl", "dataset")  # besides a builtin name
 
 BASE_MODELS: tuple[str, ...] = ("builtin:tiny",)  # besides a local Hugging Face folder or a hub id
 

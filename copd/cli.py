@@ -21,6 +21,22 @@ runs_app = typer.Typer(no_args_is_help=True, help="Runs on the API: create, list
 app.add_typer(runs_app, name="runs")
 knobs_app = typer.Typer(no_args_is_help=True, help="OPD mixing of a run in progress (applied at the next step).")
 app.add_typer(knobs_app, name="knobs")
+spec_app = typer.Typer(no_args_is_help=True, help="Run specs: the resolved spec with its defaults.")
+app.add_typer(spec_app, name="spec")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets of a spec: check the field mapping before training.")
+app.add_typer(data_app, name="data")
+
+SET_HELP = "Override a spec field, dotted: --set grpo.lr=1e-5 --set opd.beta=0.5 --set experts.0.domain.path=x.parquet."
+
+
+def _load_spec_or_fail(spec: Path, sets: Optional[list[str]]):
+    """The spec file with its --set overrides applied, or one line and exit 2."""
+    from contract.spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec, sets or ())
+    except SpecError as err:
+        fail(str(err))
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -47,14 +63,10 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: metrics.jsonl, checkpoints/, final/."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Run a whole CoPD run in this process (no server): cycles of RLVR and mutual OPD, then merge."""
-    from contract.spec import SpecError, load_spec
-
-    try:
-        run_spec = load_spec(spec)
-    except SpecError as err:
-        fail(str(err))
+    run_spec = _load_spec_or_fail(spec, sets)
     _quiet_libraries()
     from copd.display import ConsoleDisplay
     from contract.settings import get_settings
@@ -217,14 +229,10 @@ def _call(fn, *args, **kwargs):
 @runs_app.command("create")
 def runs_create(spec: Path = typer.Argument(..., help="Run spec, YAML or JSON."),
                 draft: bool = typer.Option(False, "--draft", help="Create it without starting it."),
-                watch: bool = typer.Option(False, "--watch", "-w", help="Then watch it until it ends.")) -> None:
+                watch: bool = typer.Option(False, "--watch", "-w", help="Then watch it until it ends."),
+                sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP)) -> None:
     """Create a run from SPEC on the API and start it (workers pick it up)."""
-    from contract.spec import SpecError, load_spec
-
-    try:
-        run_spec = load_spec(spec)
-    except SpecError as err:
-        fail(str(err))
+    run_spec = _load_spec_or_fail(spec, sets)
     with _api() as api:
         run = _call(api.create_run, run_spec)
         if not draft:
@@ -336,6 +344,40 @@ def knobs_show(run_id: int = typer.Argument(..., help="Run id.")) -> None:
     for h in knobs.history[1:]:
         applied = f"applied at cycle {h.applied.cycle} step {h.applied.step}" if h.applied else "not applied yet"
         typer.echo(f"  v{h.version} by {h.author}: {json.dumps(h.changes)} — {applied}")
+
+
+# ---- specs and data -----------------------------------------------------------------------------
+
+@spec_app.command("show")
+def spec_show(spec: Path = typer.Argument(..., help="Run spec, YAML or JSON."),
+              sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+              as_json: bool = typer.Option(False, "--json", help="JSON instead of YAML.")) -> None:
+    """Print the resolved spec: the file, --set overrides applied, every default filled in."""
+    import json
+
+    import yaml
+
+    data = _load_spec_or_fail(spec, sets).model_dump(mode="json")
+    typer.echo(json.dumps(data, indent=1) if as_json else yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip())
+
+
+@data_app.command("check")
+def data_check(spec: Path = typer.Argument(..., help="Run spec, YAML or JSON."),
+               sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+               rows: int = typer.Option(200, "--rows", min=1, help="Rows per split whose gold answer is scored.")) -> None:
+    """Load every domain: rows per split, a prompt as the model sees it, its answer, and the verifier's
+    score of the gold answers (should be 1.0), so a broken field mapping shows before a GPU hour is spent."""
+    run_spec = _load_spec_or_fail(spec, sets)
+    _quiet_libraries()
+    from copd.datacheck import DataCheckError, check_domains
+
+    try:
+        ok = check_domains(run_spec, rows, typer.echo)
+    except DataCheckError as err:
+        fail(str(err))
+    if not ok:
+        typer.echo("warning: a gold answer scored below 1.0 (see above): check answer_key, the verifier and extract",
+                   err=True)
 
 
 def _register_compare() -> None:

@@ -13,10 +13,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from server import rules
-from server.errors import Conflict, Invalid, NotFound, invalid_from
+from server.errors import Conflict, Invalid, NotFound, invalid_from, one_line
 from server.models import Checkpoint, Event, Expert, Heartbeat, KnobVersion, Metric, Run, Token, utcnow
 from server.schemas import CheckpointCreate, MetricPointIn, MetricPointOut, ProgressReport, Series
-from contract.spec import RunSpec, knobs_from_spec, validate_knob_changes
+from contract.spec import RunSpec, data_path_errors, knobs_from_spec, validate_knob_changes
 from contract.vocab import COMPLETED, DRAFT, RESERVED_EXPERT_NAMES, RUNNING
 
 # Series and checkpoint owners besides the experts: the merged model, the base, and the trainer's other
@@ -39,7 +39,11 @@ def _event(session: Session, run_id: int, message: str, *, level: str = "info", 
 
 def create_run(session: Session, *, spec: RunSpec, author: str, parent_run_id: int | None = None,
                parent_checkpoint_id: int | None = None, cycle: int = 0) -> Run:
-    """A draft run with its experts and knob version 0 (the spec's knobs)."""
+    """A draft run with its experts and knob version 0 (the spec's knobs); 422 when a data file of the spec lies
+    outside the allowed data roots (COPD_DATA_ROOTS)."""
+    confined = [{"field": f, "message": m, "type": "path_outside_roots"} for f, m in data_path_errors(spec)]
+    if confined:
+        raise Invalid(one_line(confined), confined)
     run = Run(name=spec.name, strategy=spec.strategy, spec=spec.model_dump(mode="json"), status=DRAFT,
               cycle=cycle, parent_run_id=parent_run_id, parent_checkpoint_id=parent_checkpoint_id,
               experts=[Expert(name=e.name, domain=_domain_json(e.domain)) for e in spec.experts])

@@ -103,6 +103,8 @@ def field_errors(errors: Sequence[dict[str, Any]], prefix: str = "", request: bo
             msg = f"invalid JSON ({(e.get('ctx') or {}).get('error', 'decode error')}{where})"
         elif parts in ([], ["body"]) and (m := _FIELD_IN_MSG.match(msg)):  # model-level validators name the field first
             parts, msg = [m.group(1)], m.group(2)
+        elif e.get("type") == "value_error" and (m := _FIELD_IN_MSG.match(msg)):  # ... of a nested model
+            parts, msg = parts + [m.group(1)], m.group(2)
         field = ".".join(([prefix] if prefix else []) + parts) or "body"
         rows.append((field, msg, str(e.get("type", "")), group))
     # Of a union's branches, keep the errors of the branch that matched the input's type.

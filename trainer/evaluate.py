@@ -16,7 +16,7 @@ from trainer.rollout import HFEngine, forward_logits, token_topk
 def accuracy(engine: HFEngine, domain: Domain, n_prompts: int, max_new_tokens: int) -> tuple[float, float]:
     """(greedy accuracy, mean response length in tokens) on the first n held-out prompts."""
     samples = list(domain.eval[:n_prompts])
-    roll = engine.sample([s.prompt for s in samples], 1, temperature=1.0, max_new_tokens=max_new_tokens, greedy=True)
+    roll = engine.sample([s.model_input for s in samples], 1, temperature=1.0, max_new_tokens=max_new_tokens, greedy=True)
     acc = sum(domain.score(t, s) for t, s in zip(roll.texts, samples)) / len(samples)
     return acc, float(roll.tokens.completion_mask.sum(1).float().mean())
 
@@ -29,7 +29,7 @@ def overlap_row(owner: str, engines: Mapping[str, HFEngine], domain: Domain, n_p
     The owner samples its own domain's held-out prompts; every expert's next-token distribution is then
     compared with the owner's at each of those positions (O_k = mean_t |TopK_i ∩ TopK_j| / k).
     """
-    prompts = [s.prompt for s in domain.eval[:n_prompts]]
+    prompts = [s.model_input for s in domain.eval[:n_prompts]]
     roll = engines[owner].sample(prompts, 1, temperature=temperature, max_new_tokens=max_new_tokens)
     mask = roll.tokens.completion_mask
     large = roll.tokens.size * mask.shape[1] * _vocab(engines[owner].model) > rollout.LOGITS_BUDGET

@@ -107,7 +107,7 @@ def _sft_batch(tokenizer, samples: Sequence[Sample]) -> tuple[torch.Tensor, torc
 
 def sampled_accuracy(engine: HFEngine, domain: Domain, samples: Sequence[Sample], max_new_tokens: int) -> float:
     """Share of samples answered right, one completion each at temperature 1."""
-    roll = engine.sample([s.prompt for s in samples], 1, temperature=1.0, max_new_tokens=max_new_tokens)
+    roll = engine.sample([s.model_input for s in samples], 1, temperature=1.0, max_new_tokens=max_new_tokens)
     return sum(domain.score(t, s) for t, s in zip(roll.texts, samples)) / len(samples)
 
 

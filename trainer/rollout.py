@@ -102,14 +102,32 @@ def position_ids_from_mask(mask: Tensor) -> Tensor:
     return pos.masked_fill(mask == 0, 1)
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """Tokenise prompts with left padding; applies the chat template when the tokenizer has one."""
+# A prompt as the engines take it: text, or chat messages [{"role": ..., "content": ...}] (Sample.model_input).
+
+
+def prompt_messages(prompt) -> list[dict[str, str]]:
+    """A prompt as chat messages (text becomes one user message)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def render_prompt(tokenizer, prompt) -> str:
+    """The text the model is given for `prompt`: the tokenizer's chat template applied when it has one (text
+    as one user message), else the text itself, or chat messages' contents one per line."""
     if getattr(tokenizer, "chat_template", None):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]
+        return tokenizer.apply_chat_template(prompt_messages(prompt), tokenize=False, add_generation_prompt=True)
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+
+
+def encode_prompts(tokenizer, prompts: Sequence) -> tuple[Tensor, Tensor]:
+    """Tokenise prompts (text or chat messages) with left padding; applies the chat template when the
+    tokenizer has one (render_prompt)."""
+    texts = [render_prompt(tokenizer, p) for p in prompts]
+    if getattr(tokenizer, "chat_template", None):
         enc = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
     else:
-        enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
+        enc = tokenizer(texts, padding=True, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
 
 

@@ -215,6 +215,7 @@ def train_steps(ctx: RunContext, unit: Unit, reporter: Reporter, policy: Policy,
     at the end (a vLLM engine gives its memory back before the next unit starts). Returns the policy with
     its step and knob version moved on."""
     t_unit = time.perf_counter()
+    plugin_warned = False
     try:
         for i in range(n_steps):
             if reporter.should_stop():
@@ -227,9 +228,21 @@ def train_steps(ctx: RunContext, unit: Unit, reporter: Reporter, policy: Policy,
             policy.step += 1
             values = step_values(values, unit, native, cross, beta, t_roll, policy.version, policy.device)
             report_step(reporter, policy.name, unit, policy.step, i, n_steps, values, policy.version, t_unit)
+            if values.get(M.REWARD_ERRORS.key) and not plugin_warned:
+                plugin_warned = report_plugin_error(ctx, reporter, policy.name)
     finally:
         policy.engine.close()
     return policy
+
+
+def report_plugin_error(ctx: RunContext, reporter: Reporter, name: str) -> bool:
+    """The first traceback of a reward plugin that raised, as a warning event (once per unit); True if sent."""
+    for domain in ctx.domains.values():
+        first = getattr(domain.verifier, "first_error", None)
+        if first:
+            reporter.event(first[:10_000], level="warning", expert=name)
+            return True
+    return False
 
 
 def save_unit(out: Path, model, tok, opt, reporter: Reporter, name: str, unit: Unit, step: int,

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from trainer.algos import grpo_advantages, logp_gap, masked_mean, opd_advantages, policy_loss, tis_weights
 from trainer.domains.base import Domain, Sample
+from trainer.domains.plugins import PLUGIN_ERRORS
 from trainer.engines import autocast
 from trainer.rollout import Rollout, RolloutEngine, token_stats
 from contract.spec import GrpoSpec, OpdSpec
@@ -25,6 +26,31 @@ class NativeBatch:
     rewards: Tensor           # [N]
     advantages: Tensor        # [N]
     ref_logp: Tensor | None = None  # [N, T] reference (base) model logprobs, only when grpo.kl_coef > 0
+    parts: dict[str, tuple[float, int]] | None = None  # reward part → (sum, samples that have it): reward/<part>
+
+
+def score_rollout(texts: Sequence[str], scored: Sequence[tuple[Domain, Sample]]
+                  ) -> tuple[Tensor, dict[str, tuple[float, int]]]:
+    """Rewards [N] of completions, each by its sample's domain (Domain.reward), and the sums of their parts."""
+    rewards, parts = [], {}
+    for text, (domain, sample) in zip(texts, scored):
+        r, extra = domain.reward(text, sample)
+        rewards.append(r)
+        for k, v in extra.items():
+            total, n = parts.get(k, (0.0, 0))
+            parts[k] = (total + float(v), n + 1)
+    return torch.tensor(rewards, dtype=torch.float32), parts
+
+
+def reward_part_values(natives: Sequence["NativeBatch"]) -> dict[str, float]:
+    """`reward/<part>` metrics of a step: each part's mean over the samples that have it; `plugin_errors`
+    is a count (samples whose plugin raised)."""
+    sums: dict[str, tuple[float, int]] = {}
+    for nb in natives:
+        for k, (total, n) in (nb.parts or {}).items():
+            t0, n0 = sums.get(k, (0.0, 0))
+            sums[k] = (t0 + total, n0 + n)
+    return {f"reward/{k}": (total if k == PLUGIN_ERRORS else total / max(n, 1)) for k, (total, n) in sums.items()}
 
 
 @dataclass(frozen=True)
@@ -42,11 +68,11 @@ class CrossBatch:
 def native_batch(engine: RolloutEngine, domain: Domain, prompts: Sequence[Sample], grpo: GrpoSpec,
                  reference: RolloutEngine | None = None) -> NativeBatch:
     """Sample G completions per prompt, score them with the domain's verifier, GRPO advantages."""
-    roll = engine.sample([s.prompt for s in prompts], grpo.group_size, temperature=grpo.temperature,
+    roll = engine.sample([s.model_input for s in prompts], grpo.group_size, temperature=grpo.temperature,
                          max_new_tokens=grpo.max_new_tokens)
-    rewards = torch.tensor([domain.score(t, prompts[i]) for t, i in zip(roll.texts, roll.prompt_index)])
+    rewards, parts = score_rollout(roll.texts, [(domain, prompts[i]) for i in roll.prompt_index])
     ref = reference.logprobs(roll.tokens, temperature=grpo.temperature) if reference is not None else None
-    return NativeBatch(roll, rewards, grpo_advantages(rewards, grpo.group_size), ref)
+    return NativeBatch(roll, rewards, grpo_advantages(rewards, grpo.group_size), ref, parts)
 
 
 def pooled_batch(engine: RolloutEngine, items: Sequence[tuple[Domain, Sample]], grpo: GrpoSpec,
@@ -56,11 +82,11 @@ def pooled_batch(engine: RolloutEngine, items: Sequence[tuple[Domain, Sample]], 
     Groups are per prompt, so the advantage normalisation never mixes domains; `alpha` scales the
     advantages (the clipped surrogate is linear in them, so this weights the GRPO loss by alpha).
     """
-    roll = engine.sample([s.prompt for _, s in items], grpo.group_size, temperature=grpo.temperature,
+    roll = engine.sample([s.model_input for _, s in items], grpo.group_size, temperature=grpo.temperature,
                          max_new_tokens=grpo.max_new_tokens)
-    rewards = torch.tensor([items[i][0].score(t, items[i][1]) for t, i in zip(roll.texts, roll.prompt_index)])
+    rewards, parts = score_rollout(roll.texts, [items[i] for i in roll.prompt_index])
     ref = reference.logprobs(roll.tokens, temperature=grpo.temperature) if reference is not None else None
-    return NativeBatch(roll, rewards, alpha * grpo_advantages(rewards, grpo.group_size), ref)
+    return NativeBatch(roll, rewards, alpha * grpo_advantages(rewards, grpo.group_size), ref, parts)
 
 
 def kl_penalty(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
@@ -72,7 +98,7 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
 def cross_batch(engine: RolloutEngine, teacher_name: str, teacher: RolloutEngine, prompts: Sequence[Sample],
                 grpo: GrpoSpec, opd: OpdSpec, beta: float, weight: float) -> CrossBatch:
     """Student samples the teacher's prompts; the live teacher scores every token (reverse-KL advantage)."""
-    roll = engine.sample([s.prompt for s in prompts], opd.samples_per_prompt, temperature=grpo.temperature,
+    roll = engine.sample([s.model_input for s in prompts], opd.samples_per_prompt, temperature=grpo.temperature,
                          max_new_tokens=grpo.max_new_tokens)
     t_logp = teacher.logprobs(roll.tokens, temperature=grpo.temperature)
     adv = opd_advantages(t_logp, roll.logp, roll.tokens.completion_mask, beta)
@@ -165,6 +191,7 @@ def update_step(model, optimizer, native: NativeBatch | Sequence[NativeBatch] | 
                 "reward/mean": float(torch.cat([nb.rewards for nb in natives]).float().mean()),
                 "grpo/zero_adv_groups": sum(zero) / len(zero),
                 "response/len": float(torch.cat([nb.rollout.tokens.completion_mask.sum(1) for nb in natives]).float().mean())}
+        out |= reward_part_values(natives)
     if cross:
         opd_loss, kl, adv = torch.zeros((), device=total.device), 0.0, 0.0
         for cb in cross:

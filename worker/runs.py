@@ -10,7 +10,7 @@ from pathlib import Path
 from contract.settings import get_settings
 from contract.schemas import RunPublic
 from contract.vocab import RUNNABLE  # noqa: F401  (a unit of such a run may start; the old name was ACTIVE)
-from contract.spec import RunSpec, parse_spec
+from contract.spec import RunSpec, check_data_paths, parse_spec
 
 MAX_CONTEXTS = 2                           # runs whose models a worker keeps in memory
 
@@ -36,6 +36,7 @@ def context_for(run_id: int, spec: RunSpec, log_fn=print):
     so the next unit of the same expert (or the same teachers) does not load them from disk again."""
     from trainer.units import RunContext  # torch: only in processes that run units
 
+    check_data_paths(spec)  # COPD_DATA_ROOTS on this worker, before any file of the spec is opened
     key = (run_id, hashlib.sha256(spec.model_dump_json().encode()).hexdigest())
     with _lock:
         if key in _contexts:

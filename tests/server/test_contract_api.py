@@ -50,6 +50,8 @@ def test_vocab_lists_what_the_server_knows(api: Api) -> None:
     assert [s["name"] for s in v["strategies"]] == list(STRATEGIES) and all(s["note"] for s in v["strategies"])
     assert v["builtin_domains"] == list(BUILTIN_DOMAINS) and len(v["builtin_domains"]) == 12
     assert v["verifiers"] == list(VERIFIERS) and v["statuses"] == list(STATUSES)
+    assert v["extracts"] == ["last", "first", "hash", "boxed", "answer_tag", "whole"]
+    assert v["domain_types"] == ["jsonl", "dataset"]
     assert v["status_sets"]["terminal"] == ["cancelled", "completed", "failed"]
     assert v["actions"]["resume"] == ["crashed", "paused"]
     assert {m["key"] for m in v["metrics"]} == {d.key for d in M.REGISTRY}

@@ -140,3 +140,33 @@ def test_fork_bad_input(api: Api) -> None:
     assert r.status_code == 422 and r.json()["detail"].startswith("checkpoint_id")
     r = api.client.post("/api/v1/runs/999999/fork", json={"checkpoint_id": own["id"]})
     assert r.status_code == 404
+
+
+def test_dataset_domain_round_trips_with_a_plugin(api: Api) -> None:
+    domain = {"type": "dataset", "path": "data/gsm8k", "answer_key": "reward_model.ground_truth",
+              "source_key": "data_source", "sources": ["gsm8k"], "eval": {"split": "test"},
+              "verifier": {"function": "rewards/math.py:compute_score"}}
+    run = api.create_run(experts=SPEC["experts"][:2] + [{"name": "mine", "domain": domain}])
+    got = run["experts"][2]["domain"]
+    assert got["sources"] == ["gsm8k"] and got["verifier"] == {"function": "rewards/math.py:compute_score"}
+    assert got["eval"] == {"path": None, "split": "test", "fraction": None} and got["system_prompt"] is None
+
+
+@pytest.mark.parametrize("domain, field", [
+    ({"type": "dataset", "path": "/etc/passwd"}, "experts.2.domain.path: '/etc/passwd' is outside the allowed data roots"),
+    ({"type": "jsonl", "path": "../../../etc/x.jsonl"}, "experts.2.domain.path: '../../../etc/x.jsonl' is outside"),
+    ({"type": "dataset", "path": "data/t.parquet", "eval": {"path": "/tmp/../etc/e.parquet"}}, "experts.2.domain.eval.path"),
+    ({"type": "dataset", "path": "data/t.parquet", "verifier": {"function": "/etc/evil.py:f"}},
+     "experts.2.domain.verifier.function: '/etc/evil.py' is outside"),
+    ({"type": "dataset", "path": "data/t.parquet", "sources": ["a"]}, "experts.2.domain.sources: needs source_key"),
+    ({"type": "dataset"}, "experts.2.domain.path: give exactly one of path"),
+    ({"type": "dataset", "path": "t.parquet", "eval": {"split": "test"}}, "experts.2.domain.eval.split: a single file"),
+    ({"type": "dataset", "path": "d", "verifier": {"function": "no-colon"}}, "experts.2.domain.verifier.function"),
+    ({"type": "dataset", "path": "d", "verifier": "math", "extract": "last"}, "experts.2.domain.extract"),
+    ({"type": "parquet", "path": "d"}, "experts.2.domain.type: must be jsonl or dataset"),
+])
+def test_bad_dataset_domain_is_422_naming_the_field(api: Api, domain: dict, field: str) -> None:
+    r = api.client.post("/api/v1/runs", json=spec(experts=SPEC["experts"][:2] + [{"name": "mine", "domain": domain}]))
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith(field), r.json()
+    assert api.client.get("/api/v1/runs").json()["total"] == 0  # nothing written

@@ -3,33 +3,76 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 # A verifier is a pure function of a completion and its sample: 1.0 right, 0.0 wrong (or partial credit).
 Verifier = Callable[[str, "Sample"], float]
 
 
+_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+
+
+def has_answer_tag(text: str) -> bool:
+    """True when the completion carries an `<answer>...</answer>` (the format reward of R1/DAPO recipes).
+
+    >>> has_answer_tag("<think>3+4</think><answer>7</answer>"), has_answer_tag("7")
+    (True, False)
+    """
+    return _ANSWER_TAG_RE.search(text) is not None
+
+
+Message = tuple[str, str]  # (role, content) of a chat message
+
+
 @dataclass(frozen=True)
 class Sample:
-    """One prompt with its reference answer."""
+    """One prompt with its reference answer.
+
+    A chat prompt keeps its `messages` (system first when there is one) and `prompt` is their plain rendering
+    (the contents, one per line: what a tokenizer without a chat template sees). `row` is the record the
+    sample came from, for reward plugins (not compared, not shown).
+    """
 
     prompt: str
     answer: str
+    messages: tuple[Message, ...] | None = field(default=None, repr=False)
+    row: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def model_input(self) -> "str | list[dict[str, str]]":
+        """What the rollout engines encode: the prompt text, or the chat messages as [{role, content}]."""
+        if self.messages is None:
+            return self.prompt
+        return [{"role": r, "content": c} for r, c in self.messages]
 
 
 @dataclass(frozen=True)
 class Domain:
     """A prompt source plus a verifier. `train` and `eval` never share a prompt."""
 
-    key: str                    # 'builtin:arith', or 'jsonl:<path>'
+    key: str                    # 'builtin:arith', 'jsonl:<path>' or 'dataset:<path or hub id>[:<sources>]'
     train: Sequence[Sample]
     eval: Sequence[Sample]
     verifier: Verifier = field(repr=False)
+    format_reward: float = 0.0  # share of the training reward for an <answer> tag (spec: format_reward)
 
     def score(self, completion: str, sample: Sample) -> float:
-        """Reward of one completion (the text the model produced after the prompt, EOS stripped)."""
+        """Correctness of one completion (the text the model produced after the prompt, EOS stripped):
+        the verifier's score, what evaluation reports as accuracy."""
         return float(self.verifier(completion, sample))
+
+    def reward(self, completion: str, sample: Sample) -> tuple[float, dict[str, float]]:
+        """Training reward of one completion and its parts (metrics `reward/<key>`): the verifier's score, a
+        plugin's extra keys and error flag, and with `format_reward` w: (1 − w)·score + w·[<answer> tag]."""
+        detailed = getattr(self.verifier, "detailed", None)
+        score, parts = detailed(completion, sample) if detailed is not None else (self.score(completion, sample), {})
+        if self.format_reward:
+            fmt = float(has_answer_tag(completion))
+            parts = {**parts, "correct": score, "format": fmt}
+            score = (1.0 - self.format_reward) * score + self.format_reward * fmt
+        return float(score), parts
 
     def alphabet(self) -> set[str]:
         """Every character in the prompts and answers (the tiny model's tokenizer is built from it)."""

@@ -15,16 +15,17 @@ from pathlib import Path
 
 from trainer.domains.base import DomainError
 from trainer.domains.base import Domain, Sample
-from trainer.domains.verifiers import VERIFIERS
+from trainer.domains.plugins import build_verifier
 from contract.spec import JsonlDomain
 
 
 def load_jsonl(spec: JsonlDomain, seed: int) -> Domain:
     """The domain in `spec.path`, split by `seed`, scored by the verifier `spec.verifier` names."""
+    verifier = build_verifier(spec, default_source=f"jsonl:{spec.path}")  # a plugin that cannot load fails first
     samples = read_samples(spec)
     train, eval_ = split_by_prompt(samples, spec.eval_fraction, seed, spec.path)
-    verifier = VERIFIERS[spec.verifier](tolerance=spec.tolerance)
-    return Domain(key=f"jsonl:{spec.path}", train=train, eval=eval_, verifier=verifier)
+    return Domain(key=f"jsonl:{spec.path}", train=train, eval=eval_, verifier=verifier,
+                  format_reward=spec.format_reward)
 
 
 def read_samples(spec: JsonlDomain) -> list[Sample]:
@@ -71,7 +72,7 @@ def _parse_record(line: str, where: str, spec: JsonlDomain) -> Sample:
     if not isinstance(answer, str) or not answer.strip():
         raise DomainError(f"{where}: field '{af}' must be a non-empty string or a finite number,"
                           f" got {_json_type(answer)}")
-    return Sample(prompt=prompt, answer=answer)
+    return Sample(prompt=prompt, answer=answer, row=record)
 
 
 def _json_type(value: object) -> str:

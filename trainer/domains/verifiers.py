@@ -21,7 +21,7 @@ from typing import Any, Callable
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
 
-from trainer.domains.base import Sample, Verifier
+from trainer.domains.base import _ANSWER_TAG_RE, Sample, Verifier, has_answer_tag  # noqa: F401
 
 # A factory takes the domain's options (e.g. `tolerance`) and returns a verifier. Every factory accepts
 # and ignores options it has no use for, so a caller can pass a jsonl spec's options uniformly.
@@ -31,15 +31,75 @@ VerifierFactory = Callable[..., Verifier]
 # ---------------------------------------------------------------- exact
 
 
-def score_exact(completion: str, sample: Sample) -> float:
-    r"""1.0 when the stripped completion equals the stripped answer.
+def score_exact(completion: str, sample: Sample, extract: str = "whole") -> float:
+    r"""1.0 when the stripped completion (or the part `extract` reads out of it) equals the stripped answer.
 
     >>> score_exact(" 85\n", Sample("37+48=", "85"))
     1.0
     >>> score_exact("58", Sample("37+48=", "85"))
     0.0
+    >>> score_exact(r"so \boxed{85}", Sample("37+48=", "85"), extract="boxed")
+    1.0
     """
-    return float(completion.strip() == sample.answer.strip())
+    pred = completion if extract == "whole" else extract_answer(completion, extract)
+    return float(pred is not None and pred.strip() == sample.answer.strip())
+
+
+# ---------------------------------------------------------------- extraction
+
+# How the answer is read out of a completion (the spec's `extract`):
+#   last / first  the last / first number (numeric) or word (exact) of the completion
+#   hash          the text after the last `####` (GSM8K's convention), up to the end of its line
+#   boxed         the content of the last \boxed{...} (braces balanced)
+#   answer_tag    the content of the last <answer>...</answer>
+#   whole         the whole completion (exact's default)
+EXTRACTS = ("last", "first", "hash", "boxed", "answer_tag", "whole")
+_WORD_STRIP = ".,;:!?\"'()[]{}"
+
+
+def extract_boxed(text: str) -> str | None:
+    r"""The content of the last `\boxed{...}` (nested braces kept), or None.
+
+    >>> extract_boxed(r"so \boxed{\frac{1}{2}} and not \boxed{3")
+    '\\frac{1}{2}'
+    """
+    start = -1
+    for m in re.finditer(r"\\boxed\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            start = m.end()
+            found = text[start:i - 1]
+    return found if start >= 0 else None
+
+
+def extract_answer(text: str, how: str) -> str | None:
+    """The answer part of a completion by `how` (one of EXTRACTS; first/last here mean words), or None.
+
+    >>> extract_answer("Reasoning... #### 72\\n", "hash"), extract_answer("<answer> 7 </answer>", "answer_tag")
+    ('72', '7')
+    >>> extract_answer("The answer is 7.", "last"), extract_answer("no tag", "answer_tag") is None
+    ('7', True)
+    """
+    if how == "whole":
+        return text
+    if how == "hash":
+        if "####" not in text:
+            return None
+        return text.rsplit("####", 1)[1].strip().split("\n", 1)[0].strip()
+    if how == "boxed":
+        found = extract_boxed(text)
+        return None if found is None else found.strip()
+    if how == "answer_tag":
+        tags = _ANSWER_TAG_RE.findall(text)
+        return tags[-1].strip() if tags else None
+    if how in ("first", "last"):
+        words = [w.strip(_WORD_STRIP) for w in text.split()]
+        words = [w for w in words if w]
+        return (words[0] if how == "first" else words[-1]) if words else None
+    raise ValueError(f"extract must be one of {', '.join(EXTRACTS)}, got {how!r}")
 
 
 # ---------------------------------------------------------------- numeric
@@ -54,15 +114,22 @@ _NUMBER_RE = re.compile(
 )
 
 
-def parse_number(text: str) -> Decimal | None:
-    """The first number in `text` (thousands commas allowed), or None when there is none.
+def parse_number(text: str, which: str = "first") -> Decimal | None:
+    """The first (or, with which="last", the last) number in `text` (thousands commas allowed), or None.
 
     >>> parse_number("The answer is -1,234.5 apples")
     Decimal('-1234.5')
+    >>> parse_number("3+4=7. The answer is 7 (not 8).", "last")
+    Decimal('8')
     >>> parse_number("no digits here") is None
     True
     """
-    m = _NUMBER_RE.search(text)
+    if which == "last":
+        m = None
+        for m in _NUMBER_RE.finditer(text):
+            pass
+    else:
+        m = _NUMBER_RE.search(text)
     if m is None:
         return None
     sign, body, exponent = m.groups()
@@ -70,17 +137,24 @@ def parse_number(text: str) -> Decimal | None:
     return Decimal(literal + (f"e{exponent}" if exponent else ""))
 
 
-def score_numeric(completion: str, sample: Sample, tolerance: float = 1e-6) -> float:
-    """1.0 when the completion's first number is within `tolerance` (absolute) of the answer's.
+def score_numeric(completion: str, sample: Sample, tolerance: float = 1e-6, extract: str = "last") -> float:
+    """1.0 when the completion's number (`extract`: its last by default) is within `tolerance` of the answer's.
 
     >>> score_numeric("It is 1,024.", Sample("2**10=", "1024"))
+    1.0
+    >>> score_numeric("3 apples plus 4 is 3+4=7. The answer is 7.", Sample("3+4?", "7"))
     1.0
     >>> score_numeric("0.33", Sample("1/3 to 2 places?", "0.333"), tolerance=0.01)
     1.0
     >>> score_numeric("unsure", Sample("2**10=", "1024"))
     0.0
     """
-    pred, gold = parse_number(completion), parse_number(sample.answer)
+    if extract == "first":
+        pred = parse_number(completion)
+    else:
+        span = completion if extract == "last" else extract_answer(completion, extract)
+        pred = None if span is None else parse_number(span, "last")
+    gold = parse_number(sample.answer, "last")
     if pred is None or gold is None:
         return 0.0
     try:
@@ -201,17 +275,26 @@ def score_math(completion: str, sample: Sample) -> float:
 # ---------------------------------------------------------------- registry
 
 
-def make_exact(**_options: Any) -> Verifier:
-    """The `exact` verifier (no options)."""
-    return score_exact
+def _check_extract(extract: str | None) -> None:
+    if extract is not None and extract not in EXTRACTS:
+        raise ValueError(f"extract must be one of {', '.join(EXTRACTS)}, got {extract!r}")
 
 
-def make_numeric(*, tolerance: float = 1e-6, **_options: Any) -> Verifier:
-    """The `numeric` verifier with an absolute `tolerance`."""
+def make_exact(*, extract: str | None = None, **_options: Any) -> Verifier:
+    """The `exact` verifier; `extract` (default `whole`: the whole completion) reads the answer part."""
+    _check_extract(extract)
+    if extract in (None, "whole"):
+        return score_exact
+    return functools.partial(score_exact, extract=extract)
+
+
+def make_numeric(*, tolerance: float = 1e-6, extract: str | None = None, **_options: Any) -> Verifier:
+    """The `numeric` verifier with an absolute `tolerance`; `extract` picks the number (default `last`)."""
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    _check_extract(extract)
     # A partial of a module-level function, so the verifier pickles into worker processes.
-    return functools.partial(score_numeric, tolerance=float(tolerance))
+    return functools.partial(score_numeric, tolerance=float(tolerance), extract=extract or "last")
 
 
 def make_choice(**_options: Any) -> Verifier:
