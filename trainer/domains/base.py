@@ -25,6 +25,10 @@ class Domain:
     train: Sequence[Sample]
     eval: Sequence[Sample]
     verifier: Verifier = field(repr=False)
+    # A builtin domain's systematic mistake: the wrong answer `builtin:tiny`'s warm start teaches for a share
+    # of the train prompts (trainer/models.py), so the base model knows the skill but has a bad habit that
+    # RLVR must find and unlearn from rewards alone. None: the warm start uses the true answers only.
+    habit: Callable[["Sample"], str] | None = field(default=None, repr=False, compare=False)
 
     def score(self, completion: str, sample: Sample) -> float:
         """Reward of one completion (the text the model produced after the prompt, EOS stripped)."""
