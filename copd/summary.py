@@ -69,7 +69,8 @@ def format_table(domains: list[str], rows: dict[str, dict[str, float]], n_eval: 
     note = "* = the expert's own domain"
     if n_eval:
         se = math.sqrt(0.25 / n_eval)
-        note += f"; {n_eval} held-out prompts per domain, greedy (standard error at most ±{se:.3f})"
+        note += (f"; greedy, on up to {n_eval} held-out prompts per domain (with {n_eval}, a standard error of"
+                 f" at most ±{se:.3f})")
     return "\n".join([*lines, note])
 
 
@@ -85,5 +86,6 @@ def run_summary(out: Path, n_eval: int | None = None) -> str:
     parts.append(f"metrics      {metrics}   (one JSON point a line; events in {out / 'events.jsonl'})")
     if (out / "final").exists():
         parts.append(f"final model  {out / 'final'}   (AutoModelForCausalLM.from_pretrained)")
-    parts.append("dashboard    runs of `copd up` (`copd runs create SPEC`) show these curves in its dashboard")
+    parts.append("dashboard    with `copd up` running, `copd runs create SPEC` runs the same spec there and shows"
+                 " it in the dashboard (http://127.0.0.1:8501 by default)")
     return "\n".join(parts)
