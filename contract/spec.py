@@ -305,11 +305,11 @@ class TinyModelSpec(_Model):
     heads: int = Field(4, ge=1, le=64)
     kv_heads: int = Field(2, ge=1, le=64)
     intermediate_size: int = Field(384, ge=8, le=16384)
-    warmstart_max_steps: int = Field(1500, ge=0, le=1_000_000, description="Cap on supervised warm-start steps.")
+    warmstart_max_steps: int = Field(6000, ge=0, le=1_000_000, description="Cap on supervised warm-start steps.")
     warmstart_batch: int = Field(64, ge=1, le=4096)
     warmstart_lr: float = Field(3e-3, gt=0.0, le=1.0)
-    target_low: float = Field(0.18, ge=0.0, le=1.0, description="Warm start stops once every domain's sampled accuracy is ≥ this …")
-    target_high: float = Field(0.50, ge=0.0, le=1.0, description="… and ≤ this.")
+    target_low: float = Field(0.25, ge=0.0, le=1.0, description="Warm start stops once every domain's sampled accuracy is ≥ this …")
+    target_high: float = Field(0.45, ge=0.0, le=1.0, description="… and ≤ this.")
 
     @model_validator(mode="after")
     def _shape_ok(self) -> "TinyModelSpec":

@@ -89,7 +89,9 @@ def train(
         if "base_model" in str(err) or not Path(run_spec.base_model).exists():
             fail(f"base_model: cannot load '{run_spec.base_model}' ({str(err).splitlines()[0]})")
         raise
-    typer.echo(f"done: metrics in {out / 'metrics.jsonl'}" + (f", merged model in {out / 'final'}" if (out / "final").exists() else ""))
+    from copd.summary import run_summary
+
+    typer.echo(run_summary(out, run_spec.eval.prompts))
 
 
 @app.command()

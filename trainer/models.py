@@ -22,7 +22,13 @@ from contract.spec import TinyModelSpec
 
 log = logging.getLogger(__name__)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-WARMSTART_VERSION = 2  # bump when the warm-start recipe changes, so cached models are rebuilt
+WARMSTART_VERSION = 3  # bump when the warm-start recipe changes, so cached models are rebuilt
+# Share of a builtin domain's warm-start answers replaced by its habit (Domain.habit, a systematic mistake).
+# Above 1/2, so the base model's greedy answer is mostly the habit while sampling still finds the right one.
+HABIT_SHARE = 0.6
+WARM_POOL = 60_000  # fresh warm-start samples per builtin domain (more than its 4000 train prompts: less memorising)
+# The warm-started base model of the builtin domains, built once by scripts/build-tiny-base.py and shipped.
+SHIPPED_BASE = Path(__file__).parent / "assets" / "tiny-base"
 
 
 def configure_torch(base_model: str = "") -> None:
@@ -126,12 +132,13 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
     accs = [0.0] * len(domains)
     engine = HFEngine(model, tokenizer)
     max_ans = max(len(s.answer) for d in domains for s in d.train[:200]) + 2
+    data = [_warm_data(d, seed, recipe.warmstart_max_steps * recipe.warmstart_batch) for d in domains]
     check_every = 25
     model.train()
     for step in range(1, recipe.warmstart_max_steps + 1):
-        pool = [d for d, a in zip(domains, active) if a] or list(domains)
+        pool = [i for i, a in enumerate(active) if a] or list(range(len(domains)))
         per = max(1, recipe.warmstart_batch // len(pool))
-        batch = [s for d in pool for s in rng.sample(list(d.train), min(per, len(d.train)))]
+        batch = [_with_habit(domains[i], s, rng) for i in pool for s in rng.sample(data[i], min(per, len(data[i])))]
         ids, mask, lab = _sft_batch(tokenizer, batch)
         loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
         opt.zero_grad(set_to_none=True)
@@ -157,9 +164,39 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
     return accs
 
 
+def _warm_data(domain: Domain, seed: int, need: int) -> list[Sample]:
+    """What the warm start trains on: fresh train-pool samples of a builtin domain, else its train split."""
+    from trainer.domains import fresh_train_samples
+
+    n = min(WARM_POOL, max(need, len(domain.train)))
+    return fresh_train_samples(domain.key, seed, n) or list(domain.train)
+
+
+def _with_habit(domain: Domain, sample: Sample, rng: random.Random) -> Sample:
+    """The sample, or (HABIT_SHARE of the time, for a domain with a habit) the same prompt with the habit's answer."""
+    if domain.habit is None or rng.random() >= HABIT_SHARE:
+        return sample
+    return Sample(sample.prompt, domain.habit(sample))
+
+
+def shipped_base(recipe: TinyModelSpec, domains: Sequence[Domain], folder: Path = SHIPPED_BASE) -> Path | None:
+    """The shipped warm-started base model when it fits: the same recipe, and only domains it was built on."""
+    try:
+        meta = json.loads((folder / "warmstart.json").read_text())
+    except (OSError, ValueError):
+        return None
+    fits = (meta.get("version") == WARMSTART_VERSION and meta.get("recipe") == recipe.model_dump()
+            and {d.key for d in domains} <= set(meta.get("sampled_accuracy", {})))
+    return folder if fits else None
+
+
 def load_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], seed: int, cache_dir: Path,
                       log_fn: Callable[[str], None] = print):
     """The warm-started tiny model for these domains, built once and cached on disk by recipe hash."""
+    shipped = shipped_base(recipe, domains)
+    if shipped is not None:
+        log_fn(f"builtin:tiny: the shipped base model for the builtin domains ({shipped})")
+        return load_pretrained(str(shipped)) + (shipped,)
     key = tiny_recipe_hash(recipe, domains, seed)
     folder = Path(cache_dir) / f"tiny-{key}"
     if (folder / "config.json").exists():
@@ -167,15 +204,20 @@ def load_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], seed: in
     alphabet: set[str] = set()
     for d in domains:
         alphabet |= d.alphabet()
+        if d.habit is not None:
+            alphabet |= {c for s in d.train for c in d.habit(s)}
     tokenizer = build_char_tokenizer(alphabet)
     model = build_tiny_model(recipe, tokenizer, seed)
     n_params = sum(p.numel() for p in model.parameters())
     log_fn(f"building builtin:tiny ({n_params / 1e6:.2f}M parameters, {len(tokenizer)} tokens); "
-           f"warm start on {', '.join(d.key for d in domains)} (cached at {folder})")
+           f"warm start on {', '.join(d.key for d in domains)}, at most {recipe.warmstart_max_steps} steps "
+           f"(~{recipe.warmstart_max_steps / 1000:.0f}-{recipe.warmstart_max_steps / 400:.0f} min on a CPU; "
+           f"cached at {folder})")
     t0 = time.time()
     def on_check(step: int, accs: list[float]) -> None:
         if step % 250 == 0:
-            log_fn(f"warm start step {step}: sampled accuracy "
+            eta = (time.time() - t0) / step * (recipe.warmstart_max_steps - step)
+            log_fn(f"warm start step {step}/{recipe.warmstart_max_steps} (at most {eta:.0f}s more): sampled accuracy "
                    + ", ".join(f"{d.key.removeprefix('builtin:')}={a:.2f}" for d, a in zip(domains, accs)))
 
     accs = warm_start(model, tokenizer, domains, recipe, seed, on_check=on_check)
@@ -186,7 +228,9 @@ def load_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], seed: in
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "warmstart.json").write_text(json.dumps({"sampled_accuracy": dict(zip([d.key for d in domains], accs)),
-                                                    "recipe": recipe.model_dump(), "seed": seed}, indent=1))
+                                                    "recipe": recipe.model_dump(), "seed": seed,
+                                                    "version": WARMSTART_VERSION, "seconds": round(time.time() - t0)},
+                                                   indent=1))
     try:
         tmp.rename(folder)
     except OSError:  # another process built it first

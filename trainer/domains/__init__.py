@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 from typing import Callable
 
 from contract.spec import DatasetDomain, JsonlDomain
 from trainer.domains import arith, dataset, frames, grid, jsonl, marked
-from trainer.domains.base import Domain, DomainError, Sample, Verifier, draw_splits
+from trainer.domains.base import Domain, DomainError, Sample, Verifier, draw_splits, held_out
 
-__all__ = ["BUILTINS", "Domain", "DomainError", "Sample", "Verifier", "draw_splits", "load_domain"]
+__all__ = ["BUILTINS", "Domain", "DomainError", "Sample", "Verifier", "draw_splits", "held_out", "load_domain"]
 
 # Same names, same order as contract.vocab.BUILTIN_DOMAINS (which the spec validates against; a test checks).
 BUILTINS: dict[str, Callable[[int], Domain]] = {
@@ -28,6 +29,22 @@ BUILTINS: dict[str, Callable[[int], Domain]] = {
     "builtin:frames": frames.build,
     **{key: functools.partial(marked.build, key) for key in marked.KEYS},
 }
+
+
+# Sample generators of the builtin domains that have a held-out pool (the warm start draws fresh train prompts).
+DRAWS: dict[str, Callable[[random.Random], Sample]] = {arith.KEY: arith.draw, grid.KEY: grid.draw, frames.KEY: frames.draw}
+
+
+def fresh_train_samples(key: str, seed: int, n: int) -> list[Sample] | None:
+    """n samples of a builtin domain drawn afresh from outside its held-out pool (repeats allowed), or None."""
+    if key not in DRAWS:
+        return None
+    rng, out = random.Random(f"{key}/warm/{seed}"), []
+    while len(out) < n:
+        s = DRAWS[key](rng)
+        if not held_out(key, s.prompt):
+            out.append(s)
+    return out
 
 
 def load_domain(ref: str | JsonlDomain | DatasetDomain, seed: int = 0) -> Domain:

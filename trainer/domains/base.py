@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass, field
@@ -57,6 +58,10 @@ class Domain:
     eval: Sequence[Sample]
     verifier: Verifier = field(repr=False)
     format_reward: float = 0.0  # share of the training reward for an <answer> tag (spec: format_reward)
+    # A builtin domain's systematic mistake: the wrong answer `builtin:tiny`'s warm start teaches for a share
+    # of the train prompts (trainer/models.py), so the base model knows the skill but has a bad habit that
+    # RLVR must find and unlearn from rewards alone. None: the warm start uses the true answers only.
+    habit: Callable[["Sample"], str] | None = field(default=None, repr=False, compare=False)
 
     def score(self, completion: str, sample: Sample) -> float:
         """Correctness of one completion (the text the model produced after the prompt, EOS stripped):
@@ -90,15 +95,42 @@ class DomainError(ValueError):
         super().__init__(" ".join(str(message).splitlines()))
 
 
+def held_out(key: str, prompt: str, share: int = 8) -> bool:
+    """True for the prompts of `key`'s held-out pool: a fixed 1/`share` of all its prompts, chosen by hash.
+
+    The pool does not depend on the seed, so no seed's eval prompt is ever a train prompt of another seed,
+    and a base model warm-started on train prompts (the one `builtin:tiny` ships) never saw any eval prompt.
+    """
+    digest = hashlib.blake2b(f"{key}\0{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % share == 0
+
+
 def draw_splits(rng: random.Random, draw: Callable[[random.Random], Sample], n_train: int,
-                n_eval: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
-    """(train, eval) of samples with distinct prompts drawn from `draw`; the first `n_eval` drawn are eval."""
-    by_prompt: dict[str, Sample] = {}
-    budget = 50 * (n_train + n_eval)  # a generator this short of distinct prompts is a bug, not bad luck
+                n_eval: int, pool: Callable[[str], bool] | None = None) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+    """(train, eval) of samples with distinct prompts drawn from `draw`.
+
+    Without `pool`, the first `n_eval` distinct prompts drawn are eval. With `pool` (a predicate on the
+    prompt, e.g. `held_out`), eval prompts come only from the pool and train prompts only from outside it.
+    """
+    if pool is None:
+        by_prompt: dict[str, Sample] = {}
+        budget = 50 * (n_train + n_eval)  # a generator this short of distinct prompts is a bug, not bad luck
+        for _ in range(budget):
+            s = draw(rng)
+            by_prompt.setdefault(s.prompt, s)
+            if len(by_prompt) == n_train + n_eval:
+                samples = tuple(by_prompt.values())
+                return samples[n_eval:], samples[:n_eval]
+        raise DomainError(f"only {len(by_prompt)} distinct prompts in {budget} draws; need {n_train + n_eval}")
+    train: dict[str, Sample] = {}
+    eval_: dict[str, Sample] = {}
+    budget = 50 * (n_train + n_eval)
     for _ in range(budget):
         s = draw(rng)
-        by_prompt.setdefault(s.prompt, s)
-        if len(by_prompt) == n_train + n_eval:
-            samples = tuple(by_prompt.values())
-            return samples[n_eval:], samples[:n_eval]
-    raise DomainError(f"only {len(by_prompt)} distinct prompts in {budget} draws; need {n_train + n_eval}")
+        split, cap = (eval_, n_eval) if pool(s.prompt) else (train, n_train)
+        if len(split) < cap:
+            split.setdefault(s.prompt, s)
+        if len(train) == n_train and len(eval_) == n_eval:
+            return tuple(train.values()), tuple(eval_.values())
+    raise DomainError(f"only {len(train)} train and {len(eval_)} held-out distinct prompts in {budget} draws;"
+                      f" need {n_train} and {n_eval}")

@@ -13,15 +13,15 @@ the model must infer where it is). Frames are joined by `/`, then `|` and a ques
 A 4-frame clip is at most 5 cells wide, so that every prompt fits in 28 characters.
 
 >>> build(0).eval[0]
-Sample(prompt='#x..../#x..../#x....|d?', answer='0')
+Sample(prompt='x.#../.x#../..#.o/oo#x.|v?', answer='R')
 """
 
 from __future__ import annotations
 
+import functools
 import random
 
-from trainer.domains.base import draw_splits
-from trainer.domains.base import Domain, Sample
+from trainer.domains.base import Domain, Sample, draw_splits, held_out
 from trainer.domains.verifiers import score_exact
 
 KEY = "builtin:frames"
@@ -74,7 +74,16 @@ def draw(rng: random.Random) -> Sample:
     return Sample(f"{clip}|{question}", answer(positions, question))
 
 
+def habit(sample: Sample) -> str:
+    """The warm start's systematic mistake: x seen one cell further right than it is in the last frame
+    (`d?` and `n?` one more; `v?` one step more to the right: L becomes S, S becomes R)."""
+    if sample.prompt.endswith("v?"):
+        return {"L": "S", "S": "R", "R": "R"}[sample.answer]
+    return str(int(sample.answer) + 1)
+
+
 def build(seed: int) -> Domain:
     """The frames domain for `seed`: 4000 train and 512 eval samples, no prompt in both."""
-    train, eval_ = draw_splits(random.Random(seed ^ _SALT), draw, TRAIN_SIZE, EVAL_SIZE)
-    return Domain(key=KEY, train=train, eval=eval_, verifier=score_exact)
+    train, eval_ = draw_splits(random.Random(seed ^ _SALT), draw, TRAIN_SIZE, EVAL_SIZE,
+                                 functools.partial(held_out, KEY))
+    return Domain(key=KEY, train=train, eval=eval_, verifier=score_exact, habit=habit)

@@ -10,21 +10,21 @@ The picture is 4 rows x 5 columns, written row by row with `/` between rows, the
 `o` cells are clutter that no question counts. A prompt is 26 characters.
 
 >>> build(0).eval[0]
-Sample(prompt='..#../..#.o/oo.../.o#.o|c?', answer='3')
+Sample(prompt='o#.../..#../..oo./..#.#|c?', answer='3')
 """
 
 from __future__ import annotations
 
+import functools
 import random
 
-from trainer.domains.base import draw_splits
-from trainer.domains.base import Domain, Sample
+from trainer.domains.base import Domain, Sample, draw_splits, held_out
 from trainer.domains.verifiers import score_exact
 
 KEY = "builtin:grid"
 TRAIN_SIZE, EVAL_SIZE = 4000, 512
 ROWS, COLS = 4, 5  # the most that fits 28 characters with its question
-CELLS, CELL_WEIGHTS = ".#o", (0.45, 0.35, 0.20)
+CELLS, CELL_WEIGHTS = ".#o", (0.60, 0.20, 0.20)  # few `#`: small counts, a skill the tiny model learns
 QUESTIONS, QUESTION_WEIGHTS = ("#?", "r?", "c?"), (0.4, 0.3, 0.3)
 _SALT = 0x6F1D
 
@@ -56,7 +56,13 @@ def draw(rng: random.Random) -> Sample:
             return Sample(f"{'/'.join(rows)}|{question}", ans)
 
 
+def habit(sample: Sample) -> str:
+    """The warm start's systematic mistake: off by one (one `#` too many; the row or column after the right one)."""
+    return str(int(sample.answer) + 1)
+
+
 def build(seed: int) -> Domain:
     """The grid domain for `seed`: 4000 train and 512 eval samples, no prompt in both."""
-    train, eval_ = draw_splits(random.Random(seed ^ _SALT), draw, TRAIN_SIZE, EVAL_SIZE)
-    return Domain(key=KEY, train=train, eval=eval_, verifier=score_exact)
+    train, eval_ = draw_splits(random.Random(seed ^ _SALT), draw, TRAIN_SIZE, EVAL_SIZE,
+                                 functools.partial(held_out, KEY))
+    return Domain(key=KEY, train=train, eval=eval_, verifier=score_exact, habit=habit)
