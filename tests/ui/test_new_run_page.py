@@ -121,3 +121,22 @@ def test_the_form_offers_what_the_api_knows(ui_env: ApiProcess) -> None:
     assert list(at.selectbox(key="nr_expert_domain_0").options) == [*vocab["builtin_domains"], "jsonl file"]
     assert len(vocab["builtin_domains"]) == 12
     assert list(at.selectbox(key="nr_strategy").options) == [s["name"] for s in vocab["strategies"]]
+
+
+def test_the_form_starts_from_the_example_spec() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from ui.views.new_run import DEFAULTS, EXAMPLE_YAML
+
+    from contract.spec import load_spec
+
+    example = load_spec(Path(__file__).parents[2] / "examples" / "copd-tiny.yaml").model_dump()  # defaults filled
+    pasted = yaml.safe_load(EXAMPLE_YAML)
+    for section, values in DEFAULTS.items():
+        for knob, value in values.items():
+            assert example[section][knob] == value, f"{section}.{knob}"
+            if knob in pasted.get(section, {}):
+                assert pasted[section][knob] == value, f"YAML {section}.{knob}"
+    assert [e["domain"] for e in pasted["experts"]] == [e["domain"] for e in example["experts"]]

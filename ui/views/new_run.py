@@ -12,18 +12,27 @@ from ui.common import client, flash, vocab
 
 JSONL = "jsonl file"
 DEFAULT_EXPERTS = [("text", "builtin:arith"), ("image", "builtin:grid"), ("video", "builtin:frames")]
-EXAMPLE_YAML = """\
+# The form starts from the example spec (examples/copd-tiny.yaml; tests/ui checks they agree).
+DEFAULTS: dict[str, dict[str, float]] = {
+    "schedule": {"cycles": 4, "rl_steps": 9, "opd_steps": 6},
+    "grpo": {"group_size": 8, "prompts_per_step": 64, "lr": 1e-3, "temperature": 1.0, "max_new_tokens": 4,
+             "eps_low": 0.2, "eps_high": 0.28, "kl_coef": 0.0},
+    "opd": {"beta": 1.0, "prompts_per_step": 32, "samples_per_prompt": 4},
+    "eval": {"prompts": 512},
+}
+EXAMPLE_YAML = f"""\
 name: tiny-copd
 base_model: builtin:tiny
 strategy: copd
 experts:
-  - {name: text,  domain: builtin:arith}
-  - {name: image, domain: builtin:grid}
-  - {name: video, domain: builtin:frames}
+  - {{name: text,  domain: builtin:arith}}
+  - {{name: image, domain: builtin:grid}}
+  - {{name: video, domain: builtin:frames}}
 topology: all_pairs
-schedule: {cycles: 4, rl_steps: 3, opd_steps: 2}
-grpo: {group_size: 8, prompts_per_step: 8, lr: 1.0e-4}
-opd: {beta: 1.0}
+schedule: {{cycles: 4, rl_steps: 9, opd_steps: 6}}
+grpo: {{group_size: 8, prompts_per_step: 64, lr: 1.0e-3, max_new_tokens: 4}}
+opd: {{beta: 1.0, prompts_per_step: 32}}
+eval: {{prompts: 512}}
 seed: 0
 """
 ERRORS = "new_run_errors"  # session key: field → message from the last refused spec
@@ -116,22 +125,30 @@ def form_spec() -> dict[str, Any]:
     st.subheader("Schedule")
     c = st.columns(3)
     schedule = {}
-    for col, (knob, default, helptext) in zip(c, [("cycles", 4, "Phase I + Phase II per cycle"),
-                                                  ("rl_steps", 3, "Phase I (RLVR) steps per cycle"),
-                                                  ("opd_steps", 2, "Phase II (mutual OPD) steps per cycle")]):
+    sd = DEFAULTS["schedule"]
+    for col, (knob, default, helptext) in zip(c, [("cycles", sd["cycles"], "Phase I + Phase II per cycle"),
+                                                  ("rl_steps", sd["rl_steps"], "Phase I (RLVR) steps per cycle"),
+                                                  ("opd_steps", sd["opd_steps"], "Phase II (mutual OPD) steps per cycle")]):
         schedule[knob] = int(col.number_input(knob, value=default, step=1, key=f"nr_schedule_{knob}", help=helptext))
         with col:
             field_error(f"schedule.{knob}")
     field_error("schedule")
 
     with st.expander("GRPO settings", expanded=bool(_errors_under("grpo"))):
-        grpo = _number_fields("grpo", [("group_size", 8, 1), ("prompts_per_step", 8, 1), ("lr", 1e-4, 1e-5),
-                                       ("temperature", 1.0, 0.1), ("max_new_tokens", 12, 1), ("eps_low", 0.2, 0.01),
-                                       ("eps_high", 0.28, 0.01), ("kl_coef", 0.0, 0.01)])
+        g = DEFAULTS["grpo"]
+        grpo = _number_fields("grpo", [("group_size", g["group_size"], 1), ("prompts_per_step", g["prompts_per_step"], 1),
+                                       ("lr", g["lr"], 1e-5), ("temperature", g["temperature"], 0.1),
+                                       ("max_new_tokens", g["max_new_tokens"], 1), ("eps_low", g["eps_low"], 0.01),
+                                       ("eps_high", g["eps_high"], 0.01), ("kl_coef", g["kl_coef"], 0.01)])
     with st.expander("OPD settings", expanded=bool(_errors_under("opd"))):
-        opd = _number_fields("opd", [("beta", 1.0, 0.1), ("prompts_per_step", 8, 1), ("samples_per_prompt", 4, 1)])
+        o = DEFAULTS["opd"]
+        opd = _number_fields("opd", [("beta", o["beta"], 0.1), ("prompts_per_step", o["prompts_per_step"], 1),
+                                     ("samples_per_prompt", o["samples_per_prompt"], 1)])
+    with st.expander("Evaluation", expanded=bool(_errors_under("eval"))):
+        evaluation = _number_fields("eval", [("prompts", DEFAULTS["eval"]["prompts"], 1)])
     return {"name": name.strip(), "base_model": base.strip(), "strategy": strategy, "experts": experts,
-            "topology": topology, "schedule": schedule, "grpo": grpo, "opd": opd, "seed": int(seed)}
+            "topology": topology, "schedule": schedule, "grpo": grpo, "opd": opd, "eval": evaluation,
+            "seed": int(seed)}
 
 
 def _errors_under(prefix: str) -> list[str]:
