@@ -261,9 +261,11 @@ class Client:
         return EventList.model_validate(self._call("GET", f"/runs/{run_id}/events", params=params))
 
     # ---- worker reports --------------------------------------------------------------------------
-    def report_status(self, run_id: int, status: str, message: str | None = None) -> RunPublic:
-        """running | completed | failed (409 when the run is not in a state that allows it)."""
-        body = {"status": status, "message": message}
+    def report_status(self, run_id: int, status: str, message: str | None = None, *,
+                      resumable: bool = False) -> RunPublic:
+        """running | completed | failed (409 when the run is not in a state that allows it); `failed` with
+        `resumable` makes the run `crashed`, which `resume` continues."""
+        body = {"status": status, "message": message, "resumable": resumable or None}
         return RunPublic.model_validate(self._call("POST", f"/runs/{run_id}/status", json=_clean(body)))
 
     def report_progress(self, run_id: int, *, cycle: int, phase: str, expert: str | None = None,

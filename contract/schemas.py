@@ -136,6 +136,8 @@ class StatusReport(_In):
 
     status: WorkerStatus
     message: str | None = Field(None, max_length=4000)
+    resumable: bool = Field(False, description="With `failed`: the cause was transient (a full disk, a service "
+                            "that stayed down); the run becomes `crashed` instead, which `resume` continues.")
 
 
 class ProgressReport(_In):

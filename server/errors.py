@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("copd.server")
@@ -167,6 +168,28 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse(_body(detail), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+RETRY_AFTER_S = 2  # the Retry-After of a 503: a database that restarts is usually back within seconds
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """The database was unreachable, dropped the connection, restarted, was locked or broke a deadlock:
+    nothing was committed, and the same request may simply be sent again."""
+    if isinstance(exc, (sa_exc.TimeoutError, sa_exc.DisconnectionError)):  # pool exhausted; connection lost
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+    return False
+
+
+async def _db_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_transient_db_error(exc):
+        return await _unhandled(request, exc)
+    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, first[0] if first else exc)
+    return JSONResponse(_body("database: unavailable (connection lost or restarting); retry shortly"),
+                        status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(_body("internal error; the server log has the details"), status_code=500)
@@ -177,4 +200,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(sa_exc.SQLAlchemyError, _db_error)  # lost connection → 503; other errors → 500
     app.add_exception_handler(Exception, _unhandled)

@@ -13,10 +13,14 @@ api = router(tags=["worker"])
 
 @api.post("/runs/{run_id}/status", response_model=RunPublic)
 def report_status(run_id: RunId, body: StatusReport, session: SessionDep, who: Writer) -> RunPublic:
-    """queued → running, running | paused → completed, queued | running | paused → failed; else 409."""
+    """queued → running, running | paused → completed, queued | running | paused → failed (→ crashed when
+    `resumable`: `resume` continues it); else 409."""
     level = "error" if body.status == FAILED else "info"
-    run, _ = crud.transition(session, run_id=run_id, rule=rules.WORKER_REPORTS[body.status], verb=body.status,
-                             by=who.name, message=body.message, level=level)
+    rule, verb = rules.WORKER_REPORTS[body.status], body.status
+    if body.status == FAILED and body.resumable:
+        rule, verb = rules.RESUMABLE_FAILURE, "failed (resumable)"
+    run, _ = crud.transition(session, run_id=run_id, rule=rule, verb=verb, by=who.name, message=body.message,
+                             level=level)
     return run_public(run)
 
 

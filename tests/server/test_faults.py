@@ -6,9 +6,11 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+
 from server import crud
 from server.schemas import MetricPointIn
-from tests.server.conftest import Api
+from tests.server.conftest import SPEC, Api
 
 
 def test_concurrent_overlapping_metric_batches_all_succeed(api: Api) -> None:
@@ -68,3 +70,93 @@ def test_union_errors_of_many_members_take_linear_time() -> None:
         errs.append({"loc": ("beta", "dict[str,float]", f"x{i}"), "msg": "bad", "type": "float_parsing"})
     out = field_errors(errs, "changes", limit=5)
     assert len(out) == 5 and all(e["field"].startswith("changes.beta") for e in out)
+
+
+# ---- a database that restarts (its own PostgreSQL on a spare port)
+
+
+@pytest.fixture
+def own_pg_app(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.db import upgrade
+    from tests.server.conftest import ADMIN, make_settings
+    from tests.services import OwnPostgres
+
+    pg = OwnPostgres()
+    try:
+        upgrade(pg.url)
+        app = create_app(make_settings(tmp_path, pg.url))
+        with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
+            yield pg, client
+    finally:
+        pg.close()
+
+
+@pytest.mark.chaos
+def test_a_database_restart_is_503_while_down_and_invisible_after(own_pg_app) -> None:
+    pg, c = own_pg_app
+    run_id = c.post("/api/v1/runs", json=SPEC).json()["id"]
+    for _ in range(3):  # several pooled connections, all of them dropped by the restart
+        assert c.get(f"/api/v1/runs/{run_id}").status_code == 200
+    pg.restart()
+    # pool_pre_ping: the stale pooled connections are replaced, no request sees the restart
+    assert c.get(f"/api/v1/runs/{run_id}").status_code == 200
+    assert c.post(f"/api/v1/runs/{run_id}/metrics", json={"points": [{"key": "k", "step": 1, "value": 1}]}).status_code == 200
+    pg.stop()
+    try:
+        r = c.get(f"/api/v1/runs/{run_id}")
+        assert r.status_code == 503, r.text
+        assert r.json()["detail"].startswith("database: unavailable") and r.headers["retry-after"]
+        r = c.post(f"/api/v1/runs/{run_id}/metrics", json={"points": [{"key": "k", "step": 2, "value": 2}]})
+        assert r.status_code == 503
+    finally:
+        pg.start()
+    assert c.get(f"/api/v1/runs/{run_id}").status_code == 200
+
+
+@pytest.mark.chaos
+def test_the_workers_client_rides_out_a_database_restart(own_pg_app) -> None:
+    """The client retries a 503 within retry_s: a report sent while the database is down lands once it is back."""
+    import uvicorn
+
+    from contract.client import Client
+    from tests.server.conftest import ADMIN
+    from tests.services import free_port
+
+    pg, c = own_pg_app
+    run_id = c.post("/api/v1/runs", json=SPEC).json()["id"]
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(c.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    back = threading.Timer(1.5, pg.start)
+    try:
+        api = Client(f"http://127.0.0.1:{port}", ADMIN, retry_s=60)
+        while not srv.started:
+            threading.Event().wait(0.05)
+        pg.stop()
+        back.start()
+        assert api.post_metrics(run_id, [{"key": "k", "step": 1, "value": 1.0}]) == 1
+        assert api.get_run(run_id).id == run_id
+        api.close()
+    finally:
+        back.join()
+        srv.should_exit = True
+        thread.join(30)
+    [series] = c.get(f"/api/v1/runs/{run_id}/metrics").json()["series"]
+    assert [p["step"] for p in series["points"]] == [1]
+
+
+def test_a_resumable_failure_crashes_the_run_and_resume_continues_it(api: Api) -> None:
+    run_id = api.running_run()["id"]
+    r = api.client.post(f"/api/v1/runs/{run_id}/status",
+                        json={"status": "failed", "resumable": True, "message": "no space left on device at /x"})
+    assert r.status_code == 200 and r.json()["status"] == "crashed" and r.json()["finished_at"] is None
+    events = api.client.get(f"/api/v1/runs/{run_id}/events", params={"level": "error"}).json()["items"]
+    assert "failed (resumable): running → crashed" in events[-1]["message"] and "/x" in events[-1]["message"]
+    assert api.act(run_id, "resume").status_code == 202
+    other = api.running_run()["id"]  # without `resumable` a failure is final, as before
+    assert api.client.post(f"/api/v1/runs/{other}/status", json={"status": "failed"}).json()["status"] == "failed"
+    assert api.act(other, "resume").status_code == 409

@@ -1,0 +1,71 @@
+"""How the worker treats faults, without processes: a full disk makes the run resumable with an event that
+says what to do and the true progress; an API that stays unavailable (0, 502-504) is waited for."""
+
+from __future__ import annotations
+
+import errno
+from types import SimpleNamespace
+
+import pytest
+
+from contract.client import ApiError
+from trainer.diskspace import DiskFull
+from worker import tasks, unit
+
+
+class FakeApi:
+    """Records the worker's reports."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def get_run(self, run_id):
+        return SimpleNamespace(schedule=SimpleNamespace(cycles=2))
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+        return call
+
+
+@pytest.mark.parametrize("err", [DiskFull("/data/runs/7/checkpoints/text/c1-rl"),
+                                 OSError(errno.ENOSPC, "No space left on device", "/data/runs/7/units/x.done")])
+def test_a_full_disk_crashes_the_run_resumably_with_the_true_progress(monkeypatch, err) -> None:
+    monkeypatch.setattr(unit, "_done_share", lambda api, run_id: 0.25)
+    api = FakeApi()
+    unit.report_failure(api, 7, "c1/rl/text", err)
+    calls = {name: (args, kwargs) for name, args, kwargs in api.calls}
+    progress = calls["report_progress"][1]
+    assert progress["progress"] == 0.25 and progress["expert_status"] == "failed" and progress["cycle"] == 1
+    event = calls["post_event"][0][1]
+    assert "no space left on device at /data/runs/7/" in event and "copd runs resume 7" in event
+    args, kwargs = calls["report_status"]
+    assert args == (7, "failed") and kwargs["resumable"] is True
+
+
+def test_other_failures_fail_the_run(monkeypatch) -> None:
+    monkeypatch.setattr(unit, "_done_share", lambda api, run_id: 0.5)
+    api = FakeApi()
+    unit.report_failure(api, 7, "c1/eval", ValueError("bad domain"))
+    calls = {name: (args, kwargs) for name, args, kwargs in api.calls}
+    assert calls["report_progress"][1]["progress"] == 0.5 and calls["report_progress"][1]["expert"] is None
+    assert calls["report_status"][1]["resumable"] is False
+    assert "c1/eval failed: ValueError: bad domain" in calls["post_event"][0][1]
+
+
+@pytest.mark.parametrize("status", [0, 502, 503, 504])
+def test_an_unavailable_api_requeues_the_unit_instead_of_failing_the_run(monkeypatch, status) -> None:
+    from celery.exceptions import Reject
+
+    def unavailable(*a, **k):
+        raise ApiError(status, "database: unavailable")
+
+    failures = []
+    monkeypatch.setattr(tasks, "execute_unit", unavailable)
+    monkeypatch.setattr(tasks, "report_failure", lambda *a: failures.append(a))
+    monkeypatch.setattr(tasks, "API_DOWN_WAIT_S", 0)
+    monkeypatch.setattr(tasks, "_api", lambda: FakeApi())
+    tasks._local.cfg = None
+    with pytest.raises(Reject):
+        tasks.run_unit.run(7, "c1/rl/text")
+    assert failures == []
