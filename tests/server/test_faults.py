@@ -160,3 +160,91 @@ def test_a_resumable_failure_crashes_the_run_and_resume_continues_it(api: Api) -
     other = api.running_run()["id"]  # without `resumable` a failure is final, as before
     assert api.client.post(f"/api/v1/runs/{other}/status", json={"status": "failed"}).json()["status"] == "failed"
     assert api.act(other, "resume").status_code == 409
+
+
+# ---- bodies: authenticated first, capped, parsed off the event loop
+
+
+@pytest.fixture
+def parses(monkeypatch):
+    """Every body server.guard parses, with whether it was parsed inside the event loop."""
+    import asyncio
+
+    from server import guard
+
+    seen: list[tuple[int, bool]] = []
+    real = guard.parse_and_check
+
+    def spy(body: bytes):
+        try:
+            asyncio.get_running_loop()
+            in_loop = True
+        except RuntimeError:
+            in_loop = False
+        seen.append((len(body), in_loop))
+        return real(body)
+
+    monkeypatch.setattr(guard, "parse_and_check", spy)
+    return seen
+
+
+def test_bodies_are_not_read_before_the_token_is_checked(api: Api, parses) -> None:
+    run_id = api.create_run()["id"]
+    parses.clear()
+    big = b'{"points": [' + b'{"key": "k", "step": 1, "value": 1},' * 100_000 + b"{}]}"  # 3.6 MB
+    headers = {"content-type": "application/json"}
+    r = api.anon.post(f"/api/v1/runs/{run_id}/metrics", content=big, headers=headers)
+    assert r.status_code == 401 and r.json()["detail"].startswith("Authorization")
+    r = api.anon.post(f"/api/v1/runs/{run_id}/metrics", content=big,
+                      headers=headers | {"Authorization": "Bearer not-a-token-at-all-0000"})
+    assert r.status_code == 401
+    reader = api.client.post("/api/v1/tokens", json={"name": "reader", "role": "read"}).json()["token"]
+    parses.clear()
+    r = api.anon.post(f"/api/v1/runs/{run_id}/metrics", content=big,
+                      headers=headers | {"Authorization": f"Bearer {reader}"})
+    assert r.status_code == 403 and "needs a write token" in r.json()["detail"]
+    assert parses == []  # none of the three was parsed
+    r = api.client.post(f"/api/v1/runs/{run_id}/metrics", content=big, headers=headers)
+    assert r.status_code == 422 and r.json()["detail"].startswith("points")  # the writer's is, and refused
+    assert parses == [(len(big), False)]  # in a worker thread, not the event loop
+
+
+def test_bodies_are_capped_per_route(api: Api, parses) -> None:
+    run_id = api.create_run()["id"]
+    parses.clear()
+    r = api.client.post(f"/api/v1/runs/{run_id}/events", json={"message": "x" * (2 * 2**20)})
+    assert r.status_code == 413 and r.json()["detail"] == "body: request too large (limit 1048576 bytes)"
+    assert parses == []
+    pts = [{"expert": "text", "key": "k/" + "x" * 120, "step": i, "value": 0.5, "wall_time": 1.7e9 + i}
+           for i in range(10_000)]  # 2 MB: metric batches may be larger than other bodies
+    r = api.client.post(f"/api/v1/runs/{run_id}/metrics", json={"points": pts})
+    assert r.status_code == 200 and r.json() == {"points": 10_000}
+
+
+def test_a_body_being_parsed_does_not_hold_up_other_requests(api: Api, monkeypatch) -> None:
+    from server import guard
+
+    run_id = api.create_run()["id"]
+    entered, release = threading.Event(), threading.Event()
+    real = guard.parse_and_check
+
+    def slow(body: bytes):
+        entered.set()
+        release.wait(120)
+        return real(body)
+
+    monkeypatch.setattr(guard, "parse_and_check", slow)
+    answers: dict[str, int] = {}
+    post = threading.Thread(target=lambda: answers.__setitem__("post", api.client.post(
+        f"/api/v1/runs/{run_id}/events", json={"message": "slow"}).status_code))
+    post.start()
+    assert entered.wait(60)
+    # the same client, so the same event loop as the POST being parsed
+    health = threading.Thread(target=lambda: answers.__setitem__("health", api.client.get("/healthz").status_code))
+    health.start()
+    health.join(60)
+    got_health_first = "health" in answers and "post" not in answers
+    release.set()
+    post.join(60)
+    assert got_health_first, answers
+    assert answers == {"health": 200, "post": 201}
