@@ -13,6 +13,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.schemas import MAX_ERRORS  # errors listed in `errors`; `error_count` says how many in all
+
 log = logging.getLogger("copd.server")
 
 _LOC_HEADS = {"body", "query", "path", "header", "cookie"}
@@ -23,7 +25,6 @@ _LABEL_PREFIXES = ("function-", "constrained-", "lax-or-strict", "json-or-python
 _MISMATCH = re.compile(r"(_type|_parsing|_instance_of|union_tag_invalid)$")
 _FIELD_IN_MSG = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*): (.+)$")
 MAX_LISTED = 3  # errors spelled out in `detail`
-MAX_ERRORS = 20  # errors listed in `errors`; `error_count` says how many there were in all
 
 
 class ApiError(Exception):

@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.schemas import ErrorBody
 from server.errors import Invalid
 
 DEFAULT_MAX_BODY = 2**20  # bytes a route reads unless it says otherwise (`max_body`)
@@ -107,9 +108,47 @@ def required_role(route: APIRoute) -> str | None:
     return None
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# The error model in OpenAPI: every guarded route documents the errors it can answer, all with ErrorBody.
+ERRORS: dict[int, dict[str, Any]] = {
+    401: _error("No token, not a bearer token, or an unknown or revoked one (`WWW-Authenticate: Bearer`)."),
+    403: _error("The token's role is below what this needs (read < write < admin)."),
+    404: _error("No such run (or checkpoint, knob version, token): `detail` names the id."),
+    413: _error("The body is over this route's limit; `detail` says the limit."),
+    422: _error("Malformed: `detail` names the field(s); `errors` lists the first 20, `error_count` all."),
+    503: _error("The database is unavailable (restarting, connection lost) or the broker refused a dispatch: "
+                "nothing was changed; retry (`Retry-After`)."),
+}
+
+
+def conflict(description: str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` of a route that can answer 409."""
+    return {409: _error(description)}
+
+
 class GuardedRoute(APIRoute):
     """An APIRoute that checks query strings, then the token, then reads, parses and checks a JSON body
-    (in a worker thread) before FastAPI sees it. Bodies are capped at DEFAULT_MAX_BODY, or `max_body(n)`."""
+    (in a worker thread) before FastAPI sees it. Bodies are capped at DEFAULT_MAX_BODY, or `max_body(n)`.
+    Its OpenAPI operation lists the errors it can answer (ERRORS; 409 where the route says `conflict`)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        responses = dict(kwargs.pop("responses", None) or {})
+        for code, doc in ERRORS.items():
+            responses.setdefault(code, doc)
+        super().__init__(path, endpoint, responses=responses, **kwargs)
+        role = required_role(self)
+        drop = set() if role is not None else {401, 403}
+        if role == "read":  # every token may read
+            drop.add(403)
+        if "{" not in self.path:
+            drop.add(404)
+        if self.body_field is None:
+            drop.add(413)
+        for code in drop:
+            self.responses.pop(code, None)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -184,7 +223,8 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
     async def _refuse(self, send: Callable) -> None:
-        body = json.dumps({"detail": f"body: request too large (limit {self.max_bytes} bytes)", "errors": []}).encode()
+        body = json.dumps({"detail": f"body: request too large (limit {self.max_bytes} bytes)", "errors": [],
+                           "error_count": 0}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

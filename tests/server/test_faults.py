@@ -248,3 +248,42 @@ def test_a_body_being_parsed_does_not_hold_up_other_requests(api: Api, monkeypat
     post.join(60)
     assert got_health_first, answers
     assert answers == {"health": 200, "post": 201}
+
+
+# ---- the error model in OpenAPI
+
+
+def test_openapi_documents_the_one_error_body_the_api_sends(api: Api) -> None:
+    from contract.schemas import ErrorBody
+
+    doc = api.anon.get("/openapi.json").json()
+    assert "HTTPValidationError" not in str(doc)
+    assert set(doc["components"]["schemas"]["ErrorBody"]["properties"]) == {"detail", "errors", "error_count"}
+    for path, ops in doc["paths"].items():
+        if not path.startswith("/api/v1"):
+            continue
+        for method, op in ops.items():
+            codes = set(op["responses"])
+            assert {"401", "422", "503"} <= codes, (method, path, codes)
+            if "{" in path:
+                assert "404" in codes, (method, path)
+            for code in codes - {"200", "201", "202", "204"}:
+                ref = op["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+                assert ref == "#/components/schemas/ErrorBody", (method, path, code)
+    assert "409" in doc["paths"]["/api/v1/runs/{run_id}/start"]["post"]["responses"]
+    assert "403" not in doc["paths"]["/api/v1/runs"]["get"]["responses"]  # any token may read
+    assert "403" in doc["paths"]["/api/v1/runs"]["post"]["responses"]
+
+    run_id = api.create_run()["id"]
+    answers = [api.anon.get(f"/api/v1/runs/{run_id}"),                                   # 401
+               api.client.get("/api/v1/runs/999999"),                                    # 404
+               api.act(run_id, "pause"),                                                 # 409
+               api.client.post(f"/api/v1/runs/{run_id}/metrics", json={"points": [{}]}),  # 422
+               api.client.post(f"/api/v1/runs/{run_id}/events", content=b"{", headers={"content-type": "application/json"}),
+               api.client.get("/api/v1/runs", params={"limit": 0})]                      # 422 (query)
+    assert [r.status_code for r in answers] == [401, 404, 409, 422, 422, 422]
+    for r in answers:
+        body = r.json()
+        assert set(body) == {"detail", "errors", "error_count"}, body
+        ErrorBody.model_validate(body)
+        assert body["error_count"] >= len(body["errors"])
