@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     api_url: str = Field("http://127.0.0.1:8000", description="Where workers, CLI and dashboard reach the API.")
     heartbeat_timeout_s: float = Field(300.0, gt=0, description="A running run with no heartbeat for this long is marked crashed.")
     reaper_interval_s: float = Field(30.0, ge=0, description="Seconds between the API's checks for silent runs; 0 turns the check off.")
+    stall_timeout_s: float = Field(600.0, ge=0, description="A running run with no unit in flight and nothing in "
+                                   "the broker's queues for this long lost a message (a broker restart): its next "
+                                   "phase is re-sent once, then the run is crashed; 0 turns the watchdog off.")
 
     @property
     def db_url(self) -> str:

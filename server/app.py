@@ -38,7 +38,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.admin_token_source = source
         if settings.reaper_interval_s > 0:
             task = asyncio.create_task(reaper_loop(app.state.sessions, settings.reaper_interval_s,
-                                                   settings.heartbeat_timeout_s))
+                                                   settings.heartbeat_timeout_s, app.state.dispatcher,
+                                                   settings.stall_timeout_s))
         yield
     finally:
         if task is not None:

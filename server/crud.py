@@ -448,6 +448,14 @@ def silent_runs(session: Session, *, cutoff: datetime) -> list[tuple[int, list[t
     return out
 
 
+def idle_runs(session: Session) -> list[int]:
+    """Running runs with no unit in flight: no heartbeat since the run last started running, or only `done`
+    ones (which remove the unit). Between two units that is normal for a moment; for long, a lost message."""
+    return list(session.scalars(
+        select(Run.id).where(Run.status == RUNNING, ~select(Heartbeat.unit).where(
+            Heartbeat.run_id == Run.id, Heartbeat.last_seen >= Run.status_changed_at).exists()).order_by(Run.id)))
+
+
 # ---- tokens
 
 

@@ -69,3 +69,21 @@ def test_an_unavailable_api_requeues_the_unit_instead_of_failing_the_run(monkeyp
     with pytest.raises(Reject):
         tasks.run_unit.run(7, "c1/rl/text")
     assert failures == []
+
+
+@pytest.mark.parametrize("broker", ["embedded", "redis"])
+def test_the_servers_dispatcher_counts_queued_work(tmp_path, request, broker) -> None:
+    """The watchdog's `pending()`: 0 with empty (or never declared) queues, the count once work is sent,
+    None when the broker is down."""
+    from contract.settings import Settings
+    from server.dispatch import CeleryDispatcher
+    from tests.services import free_port
+
+    url = request.getfixturevalue("redis_url") if broker == "redis" else None
+    d = CeleryDispatcher(Settings(data_dir=tmp_path, broker_url=url))
+    assert d.pending() == 0
+    d.send("copd.advance", run_id=1)
+    d.send("copd.run_unit", run_id=1, unit_id="c1/rl/text")
+    assert d.pending() == 2
+    down = CeleryDispatcher(Settings(data_dir=tmp_path, broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+    assert down.pending() is None
