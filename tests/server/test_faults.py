@@ -58,6 +58,9 @@ def test_many_errors_are_capped_and_counted(api: Api) -> None:
     r = api.client.patch(f"/api/v1/runs/{run_id}/knobs", json={"expected_version": 0, "changes": changes})
     assert r.status_code == 422 and r.json()["error_count"] == 20_000 and len(r.json()["errors"]) == 20
     assert r.json()["detail"].startswith("changes.k0: Extra inputs are not permitted")
+    changes = {"beta": {f"x{i}": "high" for i in range(20_000)}}  # one union, 20,000 bad members
+    r = api.client.patch(f"/api/v1/runs/{run_id}/knobs", json={"expected_version": 0, "changes": changes})
+    assert r.status_code == 422 and len(r.json()["errors"]) == 20 and r.json()["error_count"] > 20_000
 
 
 def test_union_errors_of_many_members_take_linear_time() -> None:
