@@ -126,3 +126,45 @@ def test_a_full_disk_mid_run_is_named_cleaned_up_and_resumable(make_stack, refer
         stack.close()
         subprocess.run(["umount", "-l", str(runs)], check=False)
     _same_points(got, reference)
+
+
+EVAL_SPEC = tiny_spec(name="chaos-eval-merge", schedule={"cycles": 1, "opd_steps": 2}, eval={"prompts": 96})
+
+
+def test_workers_stopped_in_evaluation_and_merge_lose_and_double_nothing(make_stack, tmp_path) -> None:
+    """SIGTERM while cycle 1 is evaluated, SIGKILL while the experts are merged (own Redis): the run ends
+    `completed` — by itself, or after the one resume a crashed run asks for — with the clean run's points."""
+    import signal
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(EVAL_SPEC))
+    redis = OwnRedis()
+    try:
+        stack = make_stack(broker_url=redis.url, env={**ENV, "COPD_HEARTBEAT_TIMEOUT_S": "10"})
+        stack.start_api()
+        worker = stack.start_worker("w1")
+        with Client(stack.api_url, TOKEN, timeout=30, retry_s=60) as api:
+            run_id = api.create_run(EVAL_SPEC).id
+            api.start(run_id)
+
+            def in_phase(phase: str, cycle: int):
+                return lambda: (lambda r: r.phase == phase and r.cycle == cycle)(api.get_run(run_id))
+
+            stack.wait(in_phase("eval", 1), 300, "cycle 1's evaluation", every=0.05)
+            worker.send_signal(signal.SIGTERM)  # warm: the unit in progress finishes, or goes back to the queue
+            assert worker.wait(120) == 0, stack.tails()
+            worker = stack.start_worker("w2")
+            stack.wait(in_phase("merge", 1), 300, "the merge", every=0.05)
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(30)
+            stack.start_worker("w3")
+            run = stack.wait_status(api, run_id, {"completed", "crashed"}, 300)
+            if run.status == "crashed":  # the merge died mid-unit: the reaper says so, a resume finishes it
+                assert api.resume(run_id).status == "queued"
+                stack.wait_status(api, run_id, {"completed"}, 300)
+            got = check_completed_run(api, run_id, EVAL_SPEC, stack.data_dir / "runs" / str(run_id))
+    finally:
+        redis.close()
+    ref = stack.copd("train", str(spec_file), "--out", str(tmp_path / "reference"), "-q", timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    _same_points(got, jsonl_points(tmp_path / "reference" / "metrics.jsonl"))
