@@ -87,3 +87,36 @@ def test_the_servers_dispatcher_counts_queued_work(tmp_path, request, broker) ->
     assert d.pending() == 2
     down = CeleryDispatcher(Settings(data_dir=tmp_path, broker_url=f"redis://127.0.0.1:{free_port()}/0"))
     assert down.pending() is None
+
+
+def test_a_resent_status_report_that_had_landed_is_not_an_error() -> None:
+    """503 (the first send's answer lost), then 409 for the resend: the run is already where the report
+    wanted it, so the report succeeded. A 409 for a first send stays an error."""
+    import httpx
+
+    from contract.client import Client
+    from contract.spec import RunSpec
+    from tests.server.conftest import SPEC
+
+    spec = RunSpec.model_validate(SPEC).model_dump(mode="json")
+    run = {**spec, "experts": [{**e, "status": "pending", "unit": None} for e in spec["experts"]], "id": 7,
+           "status": "running", "cycle": 0, "phase": None, "progress": 0.0, "created_at": "2026-01-01T00:00:00Z",
+           "started_at": None, "finished_at": None, "parent_run_id": None, "parent_checkpoint_id": None}
+    answers = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json=run)
+        answers.append(request.url.path)
+        if len(answers) == 1:
+            return httpx.Response(503, json={"detail": "database: unavailable", "errors": []})
+        return httpx.Response(409, json={"detail": "run 7 is running; running needs it queued", "errors": []})
+
+    with Client("http://api", "tok", retry_s=30, transport=httpx.MockTransport(handler)) as api:
+        assert api.report_status(7, "running").status == "running"
+        assert len(answers) == 2
+        answers.clear()
+        answers.append("first")  # the next send is answered 409 at once
+        with pytest.raises(ApiError) as err:
+            api.report_status(7, "running")
+        assert err.value.status == 409
