@@ -95,6 +95,7 @@ class Client:
                  transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry_s = retry_s
+        self.resent = False  # whether the last request was sent more than once (a retry)
         self.has_token = bool(token)
         self._args = (token, timeout, transport)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -134,6 +135,7 @@ class Client:
         url = path if path.startswith("/healthz") else API_PREFIX + path
         deadline = time.monotonic() + self.retry_s
         delay = 0.5
+        self.resent = False
         while True:
             try:
                 r = self._http.request(method, url, json=json, params=_clean(params))
@@ -148,6 +150,7 @@ class Client:
                     raise _error(r, self.has_token)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+            self.resent = True
 
     def healthz(self) -> dict[str, Any]:
         return self._call("GET", "/healthz")
@@ -261,10 +264,22 @@ class Client:
         return EventList.model_validate(self._call("GET", f"/runs/{run_id}/events", params=params))
 
     # ---- worker reports --------------------------------------------------------------------------
-    def report_status(self, run_id: int, status: str, message: str | None = None) -> RunPublic:
-        """running | completed | failed (409 when the run is not in a state that allows it)."""
-        body = {"status": status, "message": message}
-        return RunPublic.model_validate(self._call("POST", f"/runs/{run_id}/status", json=_clean(body)))
+    def report_status(self, run_id: int, status: str, message: str | None = None, *,
+                      resumable: bool = False) -> RunPublic:
+        """running | completed | failed (409 when the run is not in a state that allows it); `failed` with
+        `resumable` makes the run `crashed`, which `resume` continues."""
+        body = {"status": status, "message": message, "resumable": resumable or None}
+        try:
+            return RunPublic.model_validate(self._call("POST", f"/runs/{run_id}/status", json=_clean(body)))
+        except ApiError as err:
+            # A resent report whose first send was applied after all (the answer was lost: a 503 while the
+            # database dropped the connection at commit) is refused as a repeat; it did what was asked.
+            if err.status != 409 or not self.resent:
+                raise
+            run = self.get_run(run_id)
+            if run.status != ("crashed" if status == "failed" and resumable else status):
+                raise err from None
+            return run
 
     def report_progress(self, run_id: int, *, cycle: int, phase: str, expert: str | None = None,
                         unit: str | None = None, expert_status: str | None = None,

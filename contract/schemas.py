@@ -138,6 +138,8 @@ class StatusReport(_In):
 
     status: WorkerStatus
     message: str | None = Field(None, max_length=4000)
+    resumable: bool = Field(False, description="With `failed`: the cause was transient (a full disk, a service "
+                            "that stayed down); the run becomes `crashed` instead, which `resume` continues.")
 
 
 class ProgressReport(_In):
@@ -385,3 +387,26 @@ def vocab() -> Vocab:
         status_sets={"active": sorted(ACTIVE), "runnable": sorted(RUNNABLE), "terminal": sorted(TERMINAL)},
         actions={a: sorted(t.allowed_from) for a, t in ACTIONS.items()}, unit_kinds=list(KINDS),
         metrics=[MetricKeyPublic(**row) for row in M.table()])
+
+
+# ---- errors: one body for every 4xx and 5xx (server/errors.py writes it, contract/client.py reads it)
+
+MAX_ERRORS = 20  # errors listed in an error body; `error_count` says how many there were
+
+
+class FieldError(BaseModel):
+    """One refused field: its dotted path into the body (or the query/path parameter's name)."""
+
+    field: str = Field(description="Dotted path, e.g. `points.3.value`, `changes.beta.text`; `body` for the whole.")
+    message: str
+    type: str = Field("", description="The kind of error (pydantic's error type, e.g. `missing`, `value_error`).")
+
+
+class ErrorBody(BaseModel):
+    """Every error: 401, 403, 404, 409, 413, 422, 500 and 503 alike."""
+
+    detail: str = Field(description="One line naming the field(s) and what is wrong.")
+    errors: list[FieldError] = Field(default_factory=list,
+                                     description=f"The first {MAX_ERRORS} field errors (422; often empty otherwise).")
+    error_count: int = Field(0, description="How many field errors there were in all (past the first "
+                             f"{MAX_ERRORS} too).")

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     data_roots: str | None = Field(None, description="Folders (os.pathsep-separated) that a spec's dataset, jsonl and reward-plugin "
                                                      "files must lie under, checked by the API and the workers; default the data "
                                                      "dir and the working directory at process start.")
+    stall_timeout_s: float = Field(600.0, ge=0, description="A running run with no unit in flight and nothing in "
+                                   "the broker's queues for this long lost a message (a broker restart): its next "
+                                   "phase is re-sent once, then the run is crashed; 0 turns the watchdog off.")
 
     @property
     def db_url(self) -> str:

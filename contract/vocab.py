@@ -49,6 +49,8 @@ WORKER_REPORTS: dict[str, Transition] = {
 WorkerStatus = Literal["running", "completed", "failed"]
 
 CRASH = Transition(frozenset({RUNNING}), CRASHED, False)  # the reaper: heartbeats of a unit in flight stopped
+# A worker's `failed` report with `resumable`: the cause was transient (a full disk, say); resume continues.
+RESUMABLE_FAILURE = Transition(frozenset(ACTIVE), CRASHED, False)
 
 ExpertStatus = Literal["pending", "running", "done", "failed"]
 EventLevel = Literal["debug", "info", "warning", "error"]

@@ -22,7 +22,7 @@ from server.reaper import reaper_loop
 from server.routes import checkpoints, events, health, knobs, lifecycle, metrics, runs, tokens, vocab, worker
 
 log = logging.getLogger("copd.server")
-MAX_BODY = 32 * 2**20  # bytes; a full 10,000-point batch is about 1 MB
+MAX_BODY = 8 * 2**20  # bytes, any route (the outer bound; routes cap lower: server.guard, 1 MiB unless they say)
 
 
 @contextlib.asynccontextmanager
@@ -38,7 +38,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.admin_token_source = source
         if settings.reaper_interval_s > 0:
             task = asyncio.create_task(reaper_loop(app.state.sessions, settings.reaper_interval_s,
-                                                   settings.heartbeat_timeout_s))
+                                                   settings.heartbeat_timeout_s, app.state.dispatcher,
+                                                   settings.stall_timeout_s))
         yield
     finally:
         if task is not None:

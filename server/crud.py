@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 from pydantic import ValidationError
 from sqlalchemy import Select, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 from server import rules
@@ -23,6 +23,7 @@ from contract.vocab import COMPLETED, DRAFT, RESERVED_EXPERT_NAMES, RUNNING
 # reserved policies (e.g. a baseline's single mixed policy or distilled student).
 SERIES_EXTRA = RESERVED_EXPERT_NAMES  # merged, base, mixed, student: series and checkpoints of no expert
 CHUNK = 5_000  # rows per executemany: bounded memory, well under SQLite's variable limit
+DEADLOCK_RETRIES = 2  # a metric batch rolled back by a deadlock is written again this many times
 
 
 def _insert(session: Session) -> Any:
@@ -236,11 +237,28 @@ def write_metrics(session: Session, *, run_id: int, points: Sequence[MetricPoint
     stmt = stmt.on_conflict_do_update(index_elements=["run_id", "expert", "key", "step"],
                                       set_={"value": stmt.excluded.value, "wall_time": stmt.excluded.wall_time,
                                             "cycle": stmt.excluded.cycle})
-    values = list(rows.values())
-    for start in range(0, len(values), CHUNK):
-        session.execute(stmt, values[start:start + CHUNK])
-    session.commit()
-    return len(values)
+    if session.get_bind().dialect.name == "postgresql":
+        # Row locks are taken in the order rows are written: one fixed order for every batch, so two batches
+        # with overlapping points wait for each other instead of deadlocking. (SQLite has one writer at a time.)
+        values = [rows[k] for k in sorted(rows)]
+    else:
+        values = list(rows.values())
+    for attempt in range(DEADLOCK_RETRIES + 1):
+        try:
+            for start in range(0, len(values), CHUNK):
+                session.execute(stmt, values[start:start + CHUNK])
+            session.commit()
+            return len(values)
+        except OperationalError as err:  # a deadlock or serialization failure: the whole batch again
+            session.rollback()
+            if attempt == DEADLOCK_RETRIES or not _is_transient_conflict(err):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _is_transient_conflict(err: OperationalError) -> bool:
+    """PostgreSQL rolled the transaction back to break a deadlock or a serialization conflict (SQLSTATE 40xxx)."""
+    return str(getattr(err.orig, "sqlstate", "") or "").startswith("40")
 
 
 def read_series(session: Session, *, run_id: int, key: str | None, expert: str | None,
@@ -432,6 +450,14 @@ def silent_runs(session: Session, *, cutoff: datetime) -> list[tuple[int, list[t
         if units and units[0][2] < cutoff:
             out.append((run_id, [tuple(u) for u in units]))
     return out
+
+
+def idle_runs(session: Session) -> list[int]:
+    """Running runs with no unit in flight: no heartbeat since the run last started running, or only `done`
+    ones (which remove the unit). Between two units that is normal for a moment; for long, a lost message."""
+    return list(session.scalars(
+        select(Run.id).where(Run.status == RUNNING, ~select(Heartbeat.unit).where(
+            Heartbeat.run_id == Run.id, Heartbeat.last_seen >= Run.status_changed_at).exists()).order_by(Run.id)))
 
 
 # ---- tokens

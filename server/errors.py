@@ -10,7 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from contract.schemas import MAX_ERRORS  # errors listed in `errors`; `error_count` says how many in all
 
 log = logging.getLogger("copd.server")
 
@@ -21,7 +24,7 @@ _LABEL_PREFIXES = ("function-", "constrained-", "lax-or-strict", "json-or-python
                    "nullable", "chain", "default", "is-instance", "literal")
 _MISMATCH = re.compile(r"(_type|_parsing|_instance_of|union_tag_invalid)$")
 _FIELD_IN_MSG = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*): (.+)$")
-MAX_LISTED = 3  # errors spelled out in `detail`; all of them are in `errors`
+MAX_LISTED = 3  # errors spelled out in `detail`
 
 
 class ApiError(Exception):
@@ -30,10 +33,11 @@ class ApiError(Exception):
     status = 400
     headers: dict[str, str] | None = None
 
-    def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None, count: int | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        self.count = count
 
 
 class Unauthorized(ApiError):
@@ -78,8 +82,10 @@ def _is_label(part: Any, models: set[str]) -> bool:
     return "[" in part or part in _TYPE_LABELS or part in models or part.startswith(_LABEL_PREFIXES)
 
 
-def field_errors(errors: Sequence[dict[str, Any]], prefix: str = "", request: bool = False) -> list[dict[str, str]]:
-    """Pydantic / FastAPI errors as [{"field", "message", "type"}], union noise removed.
+def field_errors(errors: Sequence[dict[str, Any]], prefix: str = "", request: bool = False,
+                 limit: int | None = None) -> list[dict[str, str]]:
+    """Pydantic / FastAPI errors as [{"field", "message", "type"}], union noise removed; linear in the number
+    of errors. `limit`: keep only the first that many (the caller reports how many there were).
 
     `request`: the locs start with where the value came from (body, query, path), which is dropped.
     """
@@ -107,55 +113,84 @@ def field_errors(errors: Sequence[dict[str, Any]], prefix: str = "", request: bo
             parts, msg = parts + [m.group(1)], m.group(2)
         field = ".".join(([prefix] if prefix else []) + parts) or "body"
         rows.append((field, msg, str(e.get("type", "")), group))
-    # Of a union's branches, keep the errors of the branch that matched the input's type.
-    keep = []
-    for row in rows:
-        if row[3] is not None and _MISMATCH.search(row[2]):
-            siblings = [r for r in rows if r[3] == row[3] and not _MISMATCH.search(r[2])]
-            if siblings:
-                continue
-        keep.append(row)
+    # Of a union's branches, keep the errors of the branch that matched the input's type: a group's
+    # type-mismatch errors go when the group has any other error.
+    matched = {row[3] for row in rows if row[3] is not None and not _MISMATCH.search(row[2])}
     out: list[dict[str, str]] = []
-    for field, msg, typ, _ in keep:
-        if not any(o["field"] == field and o["message"] == msg for o in out):
+    seen: set[tuple[str, str]] = set()
+    for field, msg, typ, group in rows:
+        if group is not None and group in matched and _MISMATCH.search(typ):
+            continue
+        if (field, msg) not in seen:
+            seen.add((field, msg))
             out.append({"field": field, "message": msg, "type": typ})
-    return out
+    return out if limit is None else out[:limit]
 
 
-def one_line(errors: list[dict[str, str]]) -> str:
-    """`field: message; field: message (+N more)`."""
+def one_line(errors: list[dict[str, str]], total: int | None = None) -> str:
+    """`field: message; field: message (+N more)`; `total`: how many errors there were (default: all given)."""
+    total = len(errors) if total is None else total
     parts = [f"{e['field']}: {e['message']}" for e in errors[:MAX_LISTED]]
-    more = f" (+{len(errors) - MAX_LISTED} more)" if len(errors) > MAX_LISTED else ""
+    more = f" (+{total - len(parts)} more)" if total > len(parts) else ""
     return "; ".join(parts) + more
+
+
+def capped(errors: list[dict[str, str]]) -> tuple[str, list[dict[str, str]], int]:
+    """(detail, the first MAX_ERRORS errors, how many there were)."""
+    return one_line(errors), errors[:MAX_ERRORS], len(errors)
 
 
 def invalid_from(err: ValidationError, prefix: str = "") -> Invalid:
     """A 422 from a pydantic ValidationError, fields prefixed (e.g. `changes.lr`)."""
-    errs = field_errors(err.errors(include_url=False, include_input=False), prefix)
-    return Invalid(one_line(errs), errs)
+    detail, errs, total = capped(field_errors(err.errors(include_url=False, include_input=False), prefix))
+    return Invalid(detail, errs, total)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _body(detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _body(detail: str, errors: list[dict[str, Any]] | None = None, count: int | None = None) -> dict[str, Any]:
     # A field name can be user input (a dict key); keep the detail one printable line.
     detail = _CONTROL.sub(lambda m: repr(m.group())[1:-1], detail)
-    return {"detail": detail, "errors": errors or []}
+    errors = (errors or [])[:MAX_ERRORS]
+    count = len(errors) if count is None else count
+    return {"detail": detail, "errors": errors, "error_count": max(count, len(errors))}
 
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(_body(exc.detail, exc.errors), status_code=exc.status, headers=exc.headers)
+    return JSONResponse(_body(exc.detail, exc.errors, exc.count), status_code=exc.status, headers=exc.headers)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    errs = field_errors(exc.errors(), request=True)
-    return JSONResponse(_body(one_line(errs), errs), status_code=422)
+    detail, errs, total = capped(field_errors(exc.errors(), request=True))
+    return JSONResponse(_body(detail, errs, total), status_code=422)
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     return JSONResponse(_body(detail), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+RETRY_AFTER_S = 2  # the Retry-After of a 503: a database that restarts is usually back within seconds
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """The database was unreachable, dropped the connection, restarted, was locked or broke a deadlock:
+    nothing was committed, and the same request may simply be sent again."""
+    if isinstance(exc, (sa_exc.TimeoutError, sa_exc.DisconnectionError)):  # pool exhausted; connection lost
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+    return False
+
+
+async def _db_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_transient_db_error(exc):
+        return await _unhandled(request, exc)
+    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, first[0] if first else exc)
+    return JSONResponse(_body("database: unavailable (connection lost or restarting); retry shortly"),
+                        status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
@@ -168,4 +203,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(sa_exc.SQLAlchemyError, _db_error)  # lost connection → 503; other errors → 500
     app.add_exception_handler(Exception, _unhandled)

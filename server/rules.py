@@ -8,7 +8,16 @@ from typing import Any
 # spec's one knob-merge rule. Both are re-exported here, where the server's rules read them.
 from contract.broker import ADVANCE_TASK  # noqa: F401
 from contract.spec import merge_knobs  # noqa: F401
-from contract.vocab import ACTIONS, ACTIVE, CRASH, REPORTING, TERMINAL, WORKER_REPORTS, Transition  # noqa: F401
+from contract.vocab import (  # noqa: F401
+    ACTIONS,
+    ACTIVE,
+    CRASH,
+    REPORTING,
+    RESUMABLE_FAILURE,
+    TERMINAL,
+    WORKER_REPORTS,
+    Transition,
+)
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

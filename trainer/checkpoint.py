@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 
+# A full disk: torch-free, so that a join process can tell it too (re-exported here, where checkpoints are written).
+from trainer.diskspace import LOW_SPACE, DiskFull, disk_full_error  # noqa: F401
+
 MANIFEST = "manifest.json"
 
 
@@ -51,11 +54,35 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(folder: Path, model, tokenizer, optimizer=None, state: dict[str, Any] | None = None) -> tuple[str, int]:
-    """Write a checkpoint folder atomically; returns (manifest sha256, total bytes)."""
+    """Write a checkpoint folder atomically; returns (manifest sha256, total bytes).
+
+    On any failure the temporary folder is removed and an existing checkpoint at `folder` stays as it was;
+    a full disk raises DiskFull naming the folder.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        files, manifest = _write_tmp(tmp, model, tokenizer, optimizer, state)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (full := disk_full_error(err, folder)) is not None and full is not err:
+            raise full from err
+        raise
+    if folder.exists():  # a unit that runs again replaces its own output
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(folder)
+    _fsync_dir(folder.parent)
+    total = sum(f["bytes"] for f in files.values()) + len(manifest)
+    return hashlib.sha256(manifest.encode()).hexdigest(), total
+
+
+def _write_tmp(tmp: Path, model, tokenizer, optimizer, state: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
@@ -68,16 +95,7 @@ def save_checkpoint(folder: Path, model, tokenizer, optimizer=None, state: dict[
     for p in tmp.iterdir():  # durable before it becomes visible
         with open(p, "rb") as f:
             os.fsync(f.fileno())
-    if folder.exists():  # a unit that runs again replaces its own output
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(folder)
-    _fsync_dir(folder.parent)
-    total = sum(f["bytes"] for f in files.values()) + len(manifest)
-    return hashlib.sha256(manifest.encode()).hexdigest(), total
+    return files, manifest
 
 
 def verify_checkpoint(folder: Path) -> bool:

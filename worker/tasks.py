@@ -13,7 +13,7 @@ import time
 from celery import chord
 from celery.exceptions import Reject
 
-from contract.client import ApiError, Client
+from contract.client import RETRY_STATUS, ApiError, Client
 from worker.celery_app import SHUTTING_DOWN, app
 from worker.config import WorkerSettings
 from worker.join import advance_run
@@ -23,6 +23,9 @@ from worker.unit import Requeue, execute_unit, report_failure
 log = logging.getLogger("copd.worker")
 _local = threading.local()
 API_DOWN_WAIT_S = 30.0
+# The API could not be reached (0) or could not answer (502-504: a proxy, or its database restarting) for
+# longer than COPD_API_RETRY_S: transient, so the work is tried again later rather than the run failed.
+TRANSIENT_STATUS = frozenset({0}) | RETRY_STATUS
 
 
 def _api() -> Client:
@@ -55,8 +58,8 @@ def advance(self, run_id: int, after: str | None = None) -> None:
         did = advance_run(_api(), run_id, after, by=self.request.id or "advance", dispatch=dispatch_phase)
         log.info("advance after %s: %s", after or "start/resume", did)
     except ApiError as err:
-        if err.status == 0:  # the API is unreachable: try again later rather than stall the run
-            raise self.retry(countdown=30) from err
+        if err.status in TRANSIENT_STATUS:  # the API (or its database) is down: try again later
+            raise self.retry(countdown=API_DOWN_WAIT_S) from err
         raise
     except Exception as err:  # e.g. a strategy trainer/ does not implement: the run fails, visibly
         log.exception("run %d: advance after %s failed", run_id, after)
@@ -75,7 +78,7 @@ def run_unit(self, run_id: int, unit_id: str) -> dict:
         log.warning("run %d unit %s: worker shutting down, unit requeued", run_id, unit_id)
         raise Reject(f"{unit_id}: worker shutting down", requeue=True) from None
     except ApiError as err:
-        if err.status == 0:  # the API is unreachable: the unit runs again later, from its input checkpoint
+        if err.status in TRANSIENT_STATUS:  # the API is down: the unit runs again later, from its input checkpoint
             # Not self.retry(countdown=…): a solo worker runs countdown tasks in its timer thread, beside the
             # unit in progress. Wait here (nothing can report meanwhile), then put the message back.
             log.warning("run %d unit %s: %s; requeued in %.0f s", run_id, unit_id, err.detail, API_DOWN_WAIT_S)

@@ -14,6 +14,7 @@ from worker.reporting import Heartbeats, RestReporter, api_cycle
 from worker.runfolder import LockAbandoned, RunFolder, unit_of, unit_weight
 from contract.vocab import FAILED, RUNNABLE
 from worker.runs import context_for, run_root, spec_of
+from trainer.diskspace import disk_full_error
 
 log = logging.getLogger("copd.worker")
 
@@ -104,18 +105,35 @@ def _expert_status(api: Client, run_id: int, unit: Unit, cycles: int, status: st
 
 def report_failure(api: Client, run_id: int, unit_id: str | None, err: BaseException) -> None:
     """A unit (or the join, `unit_id` None) raised: an error event with the traceback's tail, the expert
-    marked failed, the run failed."""
+    marked failed, the run's progress set back to the units done, the run failed — or, for a transient cause
+    (a full disk), `crashed` with an event that says what to do, so that `resume` continues it."""
     unit = Unit.parse(unit_id) if unit_id else None
     tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
-    message = f"{unit_id or 'scheduling'} failed: {type(err).__name__}: {err}"
+    full = disk_full_error(err, run_root(run_id))
+    if full is not None:
+        message = (f"{unit_id or 'scheduling'} stopped: {full}; free space there, then resume the run "
+                   f"(`copd runs resume {run_id}`): the unit runs again from its input checkpoint")
+    else:
+        message = f"{unit_id or 'scheduling'} failed: {type(err).__name__}: {err}"
     try:
-        if unit is not None and unit.expert:
-            api.report_progress(run_id, cycle=unit.cycle, phase=unit.kind, expert=unit.expert,
-                                unit=unit_id, expert_status="failed")
-    except ApiError:
+        if unit is not None:
+            run = api.get_run(run_id)
+            api.report_progress(run_id, cycle=api_cycle(unit, run.schedule.cycles), phase=unit.kind, expert=unit.expert,
+                                unit=unit_id if unit.expert else None,
+                                expert_status="failed" if unit.expert else None, progress=_done_share(api, run_id))
+    except (ApiError, OSError, ValueError):
         pass
     try:
         api.post_event(run_id, f"{message}\n{tail}"[:10_000], level="error", expert=unit.expert if unit else None)
-        api.report_status(run_id, FAILED, message=message[:4000])
+        api.report_status(run_id, FAILED, message=message[:4000], resumable=full is not None)
     except ApiError as api_err:
         log.error("run %d: could not report the failure of %s (%s)", run_id, unit_id, api_err)
+
+
+def _done_share(api: Client, run_id: int) -> float:
+    """The share of the run its done units stand for: the true progress once a unit failed."""
+    spec = spec_of(api.get_run(run_id))
+    folder = RunFolder(run_root(run_id))
+    units = plan(spec)
+    total = sum(unit_weight(spec, u) for u in units) or 1
+    return min(sum(unit_weight(spec, u) for u in units if folder.is_done(u.id)) / total, 0.99)

@@ -8,13 +8,14 @@ from fastapi import Query, Response
 
 from server import crud
 from server.deps import CheckpointId, Reader, RunId, SessionDep, Writer
-from server.guard import router
+from server.guard import conflict, router
 from server.schemas import CheckpointCreate, CheckpointList, CheckpointPublic
 
 api = router(tags=["checkpoints"])
 
 
-@api.post("/runs/{run_id}/checkpoints", status_code=201, response_model=CheckpointPublic)
+@api.post("/runs/{run_id}/checkpoints", status_code=201, response_model=CheckpointPublic,
+          responses=conflict("The same checkpoint was registered concurrently; retry."))
 def register(run_id: RunId, body: CheckpointCreate, session: SessionDep, _: Writer,
              response: Response) -> CheckpointPublic:
     """201 when new; 200 when the same (expert, cycle, step) was registered before (it is updated)."""

@@ -8,7 +8,7 @@ from fastapi import Path
 
 from server import crud
 from server.deps import Reader, RunId, SessionDep, Writer
-from server.guard import router
+from server.guard import conflict, router
 from server.schemas import MAX_ID, KnobsApplied, KnobsPublic, KnobsUpdate, knobs_public
 
 api = router(tags=["knobs"])
@@ -20,7 +20,8 @@ def get_knobs(run_id: RunId, session: SessionDep, _: Reader) -> KnobsPublic:
     return knobs_public(crud.knob_history(session, run_id=run_id))
 
 
-@api.patch("/runs/{run_id}/knobs", response_model=KnobsPublic)
+@api.patch("/runs/{run_id}/knobs", response_model=KnobsPublic,
+           responses=conflict("`expected_version` is stale, or the run is over."))
 def change_knobs(run_id: RunId, body: KnobsUpdate, session: SessionDep, who: Writer) -> KnobsPublic:
     """Save a new version; 409 when `expected_version` is not the current one, 422 names a bad value."""
     history = crud.change_knobs(session, run_id=run_id, expected_version=body.expected_version,

@@ -8,13 +8,15 @@ from fastapi import Query
 
 from server import crud
 from server.deps import Reader, RunId, SessionDep, Writer
-from server.guard import router
+from server.guard import max_body, router
 from server.schemas import MetricBatch, MetricsWritten, SeriesList
 
 api = router(tags=["metrics"])
+METRICS_MAX_BODY = 8 * 2**20  # bytes: a full batch of 10,000 points with the longest names is about 3 MB
 
 
 @api.post("/runs/{run_id}/metrics", response_model=MetricsWritten)
+@max_body(METRICS_MAX_BODY)
 def post_metrics(run_id: RunId, batch: MetricBatch, session: SessionDep, _: Writer) -> MetricsWritten:
     """Up to 10,000 points; (expert, key, step) is stored once, the last write wins; all or nothing."""
     return MetricsWritten(points=crud.write_metrics(session, run_id=run_id, points=batch.points))

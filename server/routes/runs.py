@@ -8,7 +8,7 @@ from fastapi import Query, Response
 
 from server import crud
 from server.deps import Reader, RunId, SessionDep, Writer
-from server.guard import router
+from server.guard import conflict, router
 from server.schemas import ForkCreate, RunList, RunPublic, RunStatus, run_public
 from contract.spec import RunSpec
 
@@ -36,7 +36,8 @@ def get_run(run_id: RunId, session: SessionDep, _: Reader) -> RunPublic:
     return run_public(crud.get_run(session, run_id=run_id))
 
 
-@api.delete("/runs/{run_id}", status_code=204)
+@api.delete("/runs/{run_id}", status_code=204,
+            responses=conflict("The run is queued, running or paused, or forks start from it."))
 def delete_run(run_id: RunId, session: SessionDep, _: Writer) -> Response:
     """Delete a run with its metrics, checkpoints records and events; refused while queued, running or paused."""
     crud.delete_run(session, run_id=run_id)

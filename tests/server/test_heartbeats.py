@@ -99,3 +99,59 @@ def test_bad_heartbeats(api: Api) -> None:
     api.act(done, "cancel")
     r = _beat(api, done, "c1/rl/text")
     assert r.status_code == 409 and "cancelled" in r.json()["detail"]
+
+
+def test_watchdog_resends_a_stalled_runs_next_phase_then_crashes_it(api: Api) -> None:
+    """A run with no unit in flight and nothing queued lost a message (a Redis restart): re-sent once, then
+    crashed with an event saying how to resume."""
+    from server.reaper import Watchdog
+
+    dog = Watchdog(stall_s=30)
+    run_id = api.running_run()["id"]
+    waiting = api.running_run()["id"]
+    now = utcnow()
+
+    def check(after_s: float):
+        with api.client.app.state.sessions() as session:
+            return dog.check(session, now + timedelta(seconds=after_s), api.dispatcher)
+
+    api.dispatcher.sent.clear()
+    assert check(0) == []
+    assert _beat(api, waiting, "c1/rl/text").status_code == 200  # this one has a unit in flight
+    assert check(31) == [(run_id, "resent")]
+    assert api.dispatcher.sent == [("copd.advance", {"run_id": run_id})]
+    events = api.client.get(f"/api/v1/runs/{run_id}/events", params={"level": "warning"}).json()["items"]
+    assert events[-1]["message"].startswith("watchdog: no unit in flight for 31 s and nothing queued")
+    assert check(45) == []  # the clock started again at the re-send
+    api.dispatcher.queued = 3  # work waits in the queues (maybe this run's): not stalled
+    assert check(70) == []
+    api.dispatcher.queued = None  # the broker cannot say: do nothing
+    assert check(70) == []
+    api.dispatcher.queued = 0
+    assert check(70) == [(run_id, "crashed")]
+    run = api.client.get(f"/api/v1/runs/{run_id}").json()
+    assert run["status"] == "crashed"
+    events = api.client.get(f"/api/v1/runs/{run_id}/events", params={"level": "error"}).json()["items"]
+    assert "even after re-sending" in events[-1]["message"] and f"copd runs resume {run_id}" in events[-1]["message"]
+    assert api.client.get(f"/api/v1/runs/{waiting}").json()["status"] == "running"
+    assert api.act(run_id, "resume").status_code == 202
+
+
+def test_watchdog_forgets_a_run_whose_units_run_again(api: Api) -> None:
+    from server.reaper import Watchdog
+
+    dog = Watchdog(stall_s=30)
+    run_id = api.running_run()["id"]
+    now = utcnow()
+
+    def check(after_s: float):
+        with api.client.app.state.sessions() as session:
+            return dog.check(session, now + timedelta(seconds=after_s), api.dispatcher)
+
+    assert check(0) == []
+    assert _beat(api, run_id, "c1/rl/text").status_code == 200
+    assert check(20) == []  # in flight: its idle clock is dropped
+    api.client.post(f"/api/v1/runs/{run_id}/heartbeats", json={"unit": "c1/rl/text", "worker": "w", "done": True})
+    assert check(25) == []  # idle again from now
+    assert check(50) == []
+    assert check(56) == [(run_id, "resent")]
