@@ -166,9 +166,30 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(_body(detail, errs, total), status_code=422)
 
 
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return JSONResponse(_body(detail), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:  # Starlette names only the first route of the path; name every method it has
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return JSONResponse(_body(detail), status_code=exc.status_code, headers=headers or None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the app's routes serve at this request's path (for a 405's Allow header)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    scope = {**request.scope, "method": "\0"}  # match on the path alone
+
+    def walk(routes) -> None:
+        for route in routes:
+            if getattr(route, "routes", None) is not None and not getattr(route, "methods", None):
+                walk(route.routes)
+            elif route.matches(scope)[0] != Match.NONE and getattr(route, "methods", None):
+                methods.update(route.methods)
+
+    walk(request.app.routes)
+    return sorted(methods)
 
 
 RETRY_AFTER_S = 2  # the Retry-After of a 503: a database that restarts is usually back within seconds
