@@ -24,7 +24,7 @@ from typing import Any
 
 from contract.spec import DatasetDomain
 from trainer.domains.base import Domain, DomainError, Sample
-from trainer.domains.jsonl import split_by_prompt
+from trainer.domains.jsonl import read_text, split_by_prompt
 from trainer.domains.plugins import build_verifier, dotted
 
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -119,14 +119,7 @@ def _parquet_rows(p: Path, path: str) -> list[Any]:
 
 
 def _json_rows(p: Path, path: str) -> list[Any]:
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DomainError(f"{path}: file not found") from None
-    except UnicodeDecodeError as err:
-        raise DomainError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from None
-    except OSError as err:
-        raise DomainError(f"{path}: cannot read ({err.strerror or err})") from None
+    text = read_text(p, path)
     if p.suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

@@ -13,10 +13,9 @@ import math
 import random
 from pathlib import Path
 
-from trainer.domains.base import DomainError
-from trainer.domains.base import Domain, Sample
-from trainer.domains.plugins import build_verifier
 from contract.spec import JsonlDomain
+from trainer.domains.base import Domain, DomainError, Sample
+from trainer.domains.plugins import build_verifier
 
 
 def load_jsonl(spec: JsonlDomain, seed: int) -> Domain:
@@ -28,17 +27,22 @@ def load_jsonl(spec: JsonlDomain, seed: int) -> Domain:
                   format_reward=spec.format_reward)
 
 
-def read_samples(spec: JsonlDomain) -> list[Sample]:
-    """Every record of the file as a Sample, in file order; raises DomainError on the first bad line."""
-    path = spec.path
+def read_text(p: Path, path: str) -> str:
+    """A data file's text (UTF-8, a byte-order mark tolerated); DomainError naming `path` when unreadable."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
+        return p.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DomainError(f"{path}: file not found") from None
     except UnicodeDecodeError as err:
         raise DomainError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from None
     except OSError as err:
         raise DomainError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def read_samples(spec: JsonlDomain) -> list[Sample]:
+    """Every record of the file as a Sample, in file order; raises DomainError on the first bad line."""
+    path = spec.path
+    text = read_text(Path(path), path)
     samples = []
     # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends, which are not line ends here.
     for number, line in enumerate(text.split("\n"), start=1):
