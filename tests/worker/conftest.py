@@ -21,7 +21,8 @@ from copd.client import Client
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "worker-tests-token-0123456789abcdef"
-REDIS_URL = "redis://127.0.0.1:6379/13"  # a database number of its own, flushed before and after
+# A database number of its own, flushed before and after (COPD_TEST_REDIS_DB lets parallel checkouts differ).
+REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('COPD_TEST_REDIS_DB', '13')}"
 TERMINAL = {"completed", "failed", "cancelled", "crashed"}
 
 
