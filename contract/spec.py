@@ -18,6 +18,9 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, Validati
 from contract.vocab import (BUILTIN_DOMAINS, DOMAIN_TYPES, EXTRACTS, NAME_RE, RESERVED_EXPERT_NAMES, STRATEGIES, VERIFIERS, Extract,
                             StrategyName, Verifier)
 
+MergeMethod = Literal["average", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
+MERGE_METHODS: tuple[str, ...] = ("average", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+
 # BUILTIN_DOMAINS, NAME_RE, RESERVED_EXPERT_NAMES, STRATEGIES, VERIFIERS and Strategy are also importable from
 # here (their one definition is contract/vocab.py).
 Strategy = StrategyName  # the old name of the strategy literal
@@ -243,7 +246,17 @@ class DistillSpec(_Model):
 class MergeSpec(_Model):
     """How the experts are merged into the all-in-one model."""
 
+    method: MergeMethod = Field("average", description="average (Σ w·θ, the default) | task_arithmetic | ties | "
+                                "dare_linear | dare_ties: the last four merge the experts' deltas from the base model "
+                                "(docs/integrations.md).")
     weights: dict[str, float] | None = Field(None, description="Expert → weight (non-negative, sum 1); null = uniform.")
+    density: float = Field(1.0, gt=0.0, le=1.0, description="ties: share of each delta's entries kept (largest "
+                           "magnitudes); dare_*: probability an entry is kept (the kept are rescaled by 1/density).")
+    scale: float = Field(1.0, gt=0.0, le=100.0, description="λ: the merged delta is added to the base times this "
+                         "(every method but average).")
+    sign_method: Literal["total", "frequency"] = Field(
+        "total", description="ties / dare_ties: the elected sign of an entry is that of the weighted sum of the "
+                             "deltas (total) or the one most experts hold (frequency).")
 
     @field_validator("weights")
     @classmethod

@@ -382,6 +382,74 @@ def data_check(spec: Path = typer.Argument(..., help="Run spec, YAML or JSON."),
                    err=True)
 
 
+# ---- after the fact: another merge of a run's experts, and the export of its final model ----------------
+
+@app.command("merge")
+def merge_command(
+    run: str = typer.Argument(..., help="A `copd train --out` folder, or the id of an API run (COPD_DATA_DIR/runs/<id>)."),
+    out: Path = typer.Option(..., "--out", "-o", help="New folder for the merged model (a Hugging Face folder)."),
+    method: Optional[str] = typer.Option(None, "--method", help="average | task_arithmetic | ties | dare_linear | "
+                                         "dare_ties (default: the run's merge.method)."),
+    density: Optional[float] = typer.Option(None, "--density", help="ties / dare_*: share of each delta kept, in (0, 1]."),
+    scale: Optional[float] = typer.Option(None, "--scale", help="λ: the merged delta is added to the base times this."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Expert weights, summing to 1: text=0.5,image=0.5."),
+    sign_method: Optional[str] = typer.Option(None, "--sign-method", help="ties / dare_ties: total | frequency."),
+) -> None:
+    """Merge a finished run's experts again by another method, and evaluate it like the run's own merge."""
+    from pydantic import ValidationError
+
+    from contract.settings import get_settings
+    from contract.spec import MergeSpec, format_validation_error
+    from copd.artifacts import ArtifactError, merge_run, parse_weights, run_folder, run_spec
+    from copd.summary import accuracy_table, format_table
+
+    settings = get_settings()
+    try:
+        folder = run_folder(run, settings.data_dir)
+        spec = run_spec(folder)
+        given = {"method": method, "density": density, "scale": scale, "weights": parse_weights(weights),
+                 "sign_method": sign_method}
+        merge = MergeSpec.model_validate({**spec.merge.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+    except ValidationError as err:
+        fail(f"--{format_validation_error(err)}")
+    except ArtifactError as err:
+        fail(str(err))
+    _quiet_libraries()
+    from trainer.merge import MergeError
+
+    try:
+        row = merge_run(folder, merge, out, settings.model_cache, log_fn=lambda m: typer.echo(m, err=True))
+    except (ArtifactError, MergeError) as err:
+        fail(str(err))
+    domains, rows = accuracy_table(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else ([], {})
+    from contract.metrics import ACC
+
+    label = f"{merge.method}" + (f" d={merge.density:g}" if merge.method != "average" else "")
+    rows[label] = {ACC.name_in(k): v for k, v in row.items() if ACC.matches(k)}
+    typer.echo(format_table(domains or list(rows[label]), rows, spec.eval.prompts))
+    typer.echo(f"merged model  {out}   (eval in {out / 'eval.json'})")
+
+
+@app.command("export")
+def export_command(
+    run: str = typer.Argument(..., help="A `copd train --out` folder, or the id of an API run (COPD_DATA_DIR/runs/<id>)."),
+    out: Path = typer.Option(..., "--out", "-o", help="New folder: the final model and its model card (README.md)."),
+    to: Optional[str] = typer.Option(None, "--to", help="Also upload to the Hugging Face hub: hf://<org>/<name> "
+                                     "(a private repo; the token from HF_TOKEN)."),
+) -> None:
+    """Write a run's final model with a model card (spec, strategy, accuracy per domain, lineage)."""
+    from contract.settings import get_settings
+    from copd.artifacts import ArtifactError, export_run, hf_target, run_folder
+
+    try:
+        hf_target(to)  # a bad target or a missing token fails before anything is written
+        folder = run_folder(run, get_settings().data_dir)
+        export_run(folder, out, to)
+    except ArtifactError as err:
+        fail(str(err))
+    typer.echo(f"exported     {out}" + (f"   (uploaded to {to})" if to else ""))
+
+
 def _register_compare() -> None:
     from copd.compare import compare_command  # torch-free at import; trains only when called
 

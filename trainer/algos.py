@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from contract.spec import MERGE_METHODS  # the names, defined once (the spec's merge.method)
+
 
 class LossStats(dict):
     """Diagnostics of one policy-loss evaluation (floats, detached); keys also readable as attributes.
@@ -163,6 +165,94 @@ def merge_state_dicts(
             acc += w * sd[key].float()
         merged[key] = acc.to(first.dtype)
     return merged
+
+
+def magnitude_mask(delta: Tensor, density: float) -> Tensor:
+    """Keep the `density` share of entries largest in magnitude (TIES' trim): a bool mask shaped like `delta`.
+
+    k = int(density · numel) entries are kept (PEFT's `magnitude_based_pruning`); ties at the threshold
+    are broken by position, so exactly k stay.
+    """
+    k = int(density * delta.numel())
+    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
+    if k > 0:
+        mask[delta.abs().flatten().topk(k).indices] = True
+    return mask.view_as(delta)
+
+
+def dare_mask(shape: torch.Size, density: float, generator: torch.Generator) -> Tensor:
+    """DARE's drop: keep each entry with probability `density` (a bool mask of `shape`)."""
+    return torch.rand(shape, generator=generator) < density
+
+
+def elect_sign(deltas: Tensor, weights: Tensor, method: str = "total") -> Tensor:
+    """TIES' elected sign per entry, ±1. deltas [K, ...], weights [K].
+
+    total: the sign of the weighted sum Σ_k w_k·δ_k; frequency: the sign held by most experts (by weight).
+    A tie (0) elects +1, as PEFT's `calculate_majority_sign_mask` does.
+    """
+    w = weights.view(-1, *([1] * (deltas.dim() - 1)))
+    votes = (w * deltas).sum(0) if method == "total" else (w * deltas.sign()).sum(0)
+    sign = votes.sign()
+    sign[sign == 0] = 1
+    return sign
+
+
+def merge_deltas(deltas: Tensor, weights: Tensor, method: str, density: float = 1.0,
+                 sign_method: str = "total", generator: torch.Generator | None = None) -> Tensor:
+    """One merged task vector from the experts' deltas from the base. deltas [K, ...] (float32), weights [K].
+
+    - task_arithmetic: Σ_k w_k·δ_k
+    - ties: trim each δ_k to its top-`density` magnitudes, elect a sign per entry, then the weighted mean
+      of the kept entries that agree with it: Σ_k w_k·m_k·δ_k / Σ_k w_k·m_k (0 where none agrees). With equal
+      weights this is PEFT's `disjoint_merge` (mean over the agreeing experts).
+    - dare_linear: drop each entry with probability 1 − density, rescale the kept by 1/density, then
+      task arithmetic; dare_ties: the same drop and rescale, then TIES' sign election and disjoint mean.
+    """
+    if method == "task_arithmetic":
+        return torch.einsum("k,k...->...", weights, deltas)
+    if method in ("dare_linear", "dare_ties"):
+        if generator is None:
+            raise ValueError(f"{method} needs a generator (its drop is random)")
+        keep = torch.stack([dare_mask(d.shape, density, generator) for d in deltas])
+        deltas = deltas * keep / density
+        if method == "dare_linear":
+            return torch.einsum("k,k...->...", weights, deltas)
+    elif method == "ties":
+        deltas = deltas * torch.stack([magnitude_mask(d, density) for d in deltas])
+    else:
+        raise ValueError(f"unknown merge method {method!r} (one of {', '.join(MERGE_METHODS[1:])})")
+    sign = elect_sign(deltas, weights, sign_method)
+    agree = (deltas.sign() == sign).float()             # [K, ...] zeros (trimmed / dropped) never agree
+    w = weights.view(-1, *([1] * (deltas.dim() - 1))) * agree
+    return (w * deltas).sum(0) / w.sum(0).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def merge_tensor(tensors: Sequence[Tensor], weights: Sequence[float], method: str = "average",
+                 base: Tensor | None = None, *, density: float = 1.0, scale: float = 1.0,
+                 sign_method: str = "total", generator: torch.Generator | None = None) -> Tensor:
+    """One parameter of the merged model from the experts' values of it (computed in float32, cast back).
+
+    average: Σ_k w_k·θ_k. The other methods work on the deltas from the base: θ_base + scale·merge_deltas(...).
+    Integer tensors (buffers) are taken from the first expert.
+    """
+    first = tensors[0]
+    if not torch.is_floating_point(first):
+        return first.clone()
+    for t in tensors[1:]:
+        if t.shape != first.shape:
+            raise ValueError(f"shapes differ {tuple(t.shape)} vs {tuple(first.shape)}")
+    w = torch.tensor([float(x) for x in weights], dtype=torch.float32)
+    stacked = torch.stack([t.float() for t in tensors])                       # [K, ...]
+    if method == "average":
+        return torch.einsum("k,k...->...", w, stacked).to(first.dtype)
+    if base is None:
+        raise ValueError(f"merge method {method} needs the base model's tensor")
+    if base.shape != first.shape:
+        raise ValueError(f"base shape {tuple(base.shape)} differs from the experts' {tuple(first.shape)}")
+    b = base.float()
+    merged = merge_deltas(stacked - b, w, method, density, sign_method, generator)
+    return (b + scale * merged).to(first.dtype)
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:

@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -59,12 +59,27 @@ def save_checkpoint(folder: Path, model, tokenizer, optimizer=None, state: dict[
     On any failure the temporary folder is removed and an existing checkpoint at `folder` stays as it was;
     a full disk raises DiskFull naming the folder.
     """
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+
+    return write_checkpoint(folder, fill, state)
+
+
+def write_checkpoint(folder: Path, fill: Callable[[Path], None], state: dict[str, Any] | None = None) -> tuple[str, int]:
+    """Write a checkpoint folder atomically from `fill(tmp)` (which writes the model's files into `tmp`);
+    adds trainer_state.json and the manifest; returns (manifest sha256, total bytes). See save_checkpoint."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        files, manifest = _write_tmp(tmp, model, tokenizer, optimizer, state)
+        tmp.mkdir()
+        fill(tmp)
+        files, manifest = _seal(tmp, state)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if (full := disk_full_error(err, folder)) is not None and full is not err:
@@ -82,12 +97,7 @@ def save_checkpoint(folder: Path, model, tokenizer, optimizer=None, state: dict[
     return hashlib.sha256(manifest.encode()).hexdigest(), total
 
 
-def _write_tmp(tmp: Path, model, tokenizer, optimizer, state: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+def _seal(tmp: Path, state: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
     (tmp / "trainer_state.json").write_text(json.dumps(state or {}, indent=1, sort_keys=True))
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()}
     manifest = json.dumps({"files": files}, indent=1, sort_keys=True)

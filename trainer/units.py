@@ -15,12 +15,13 @@ import torch
 from contract import metrics as M
 from contract.plan import Unit, strategy_of
 from contract.vocab import MERGED
-from trainer.algos import merge_state_dicts
+from trainer.algos import merge_state_dicts  # noqa: F401  (its old import path)
 from trainer.baselines import run_single_unit, single_eval_folders
 from trainer.checkpoint import CheckpointInfo, read_state, save_checkpoint
 from trainer.distributed import launch
 from trainer.engines import place, student_device
 from trainer.evaluate import accuracy, mean_overlap, overlap_row
+from trainer.merge import merge_folders
 from trainer.reporter import Reporter
 from trainer.rollout import HFEngine
 from trainer.steps import (  # noqa: F401  (Cancelled, RunContext, …: their old import path is this module)
@@ -121,32 +122,58 @@ def run_eval_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> dict[str, 
 def run_merge_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> CheckpointInfo:
     """Merge the experts' final weights into the all-in-one model, evaluate it, export it.
 
-    mixed_rlvr, static_opd and mopd have one policy already (the mixed policy, the student): it is
-    exported and evaluated as `merged` unchanged.
+    The merge streams tensor by tensor from the experts' safetensors (trainer/merge.py) by the spec's
+    `merge.method`. mixed_rlvr, static_opd and mopd have one policy already (the mixed policy, the student):
+    it is exported and evaluated as `merged` unchanged.
     """
     spec, layout = ctx.spec, ctx.layout
     folders = layout.final_sources(spec)
-    models = [ctx.load(f, cache=False) for f in folders]
     single = not strategy_of(spec).experts or strategy_of(spec).distill
-    weights = None if spec.merge.weights is None or single else [spec.merge.weights.get(e, 0.0) for e in spec.expert_names]
-    model, tok = models[0]
-    if not single:
-        model.load_state_dict(merge_state_dicts([m.state_dict() for m, _ in models], weights))
     step = max(int(read_state(f).get("step", 0)) if spec.schedule.cycles and f != layout.base else 0 for f in folders)
+    if single:
+        sources, weights = [f.parent.name for f in folders], None
+        model, tok = ctx.load(folders[0], cache=False)
+        sha, size = save_checkpoint(layout.final, model, tok, None, {"step": step, "merged_from": sources,
+                                                                    "weights": "uniform"})
+    else:
+        sources, weights = spec.expert_names, merge_weights(spec)
+        sha, size = merge_checkpoints(ctx, folders, layout.final, spec.merge, step)
+        model, tok = ctx.load(layout.final, cache=False)
+    row = evaluate_merged(ctx, model, tok)
+    reporter.metrics(MERGED, spec.schedule.cycles, step, row)
+    info = CheckpointInfo(MERGED, spec.schedule.cycles, step, str(layout.final), sha, size, final=True)
+    reporter.checkpoint(info)
+    reporter.event(f"merged model ({'one policy' if single else spec.merge.method}): "
+                   + " ".join(f"{M.ACC.name_in(k)}={v:.2f}" for k, v in row.items() if M.ACC.matches(k)))
+    return info
+
+
+def merge_weights(spec) -> list[float]:
+    """The experts' merge weights in expert order (uniform when the spec gives none)."""
+    if spec.merge.weights is None:
+        return [1.0 / len(spec.expert_names)] * len(spec.expert_names)
+    return [spec.merge.weights.get(e, 0.0) for e in spec.expert_names]
+
+
+def merge_checkpoints(ctx: RunContext, folders, out, merge, step: int) -> tuple[str, int]:
+    """Stream-merge the experts' checkpoints `folders` into `out` by `merge` (a MergeSpec); (sha256, bytes)."""
+    spec = ctx.spec
+    weights = merge_weights(spec.model_copy(update={"merge": merge}))
+    state = {"step": step, "merged_from": spec.expert_names, "weights": weights if merge.weights else "uniform",
+             "merge": merge.model_dump()}
+    return merge_folders(folders, out, weights, merge, base=ctx.layout.base, seed=spec.seed, state=state)
+
+
+def evaluate_merged(ctx: RunContext, model, tok) -> dict[str, float]:
+    """acc/<domain>, eval_len/<domain> and acc_mean of a merged model (the run's merge and `copd merge`)."""
+    spec = ctx.spec
     engine = HFEngine(place(model, spec.compute, student_device(), trainable=False), tok)
     row = {}
     for owner, dom in ctx.domains.items():
         row[M.ACC.key_for(owner)], row[M.EVAL_LEN.key_for(owner)] = accuracy(engine, dom, spec.eval.prompts,
                                                                              spec.grpo.max_new_tokens)
     row[M.ACC_MEAN.key] = sum(row[M.ACC.key_for(d)] for d in ctx.domains) / len(ctx.domains)
-    reporter.metrics(MERGED, spec.schedule.cycles, step, row)
-    sources = [f.parent.name for f in folders] if single else spec.expert_names
-    sha, size = save_checkpoint(layout.final, model, tok, None, {"step": step, "merged_from": sources,
-                                                                "weights": weights or "uniform"})
-    info = CheckpointInfo(MERGED, spec.schedule.cycles, step, str(layout.final), sha, size, final=True)
-    reporter.checkpoint(info)
-    reporter.event("merged model: " + " ".join(f"{M.ACC.name_in(k)}={v:.2f}" for k, v in row.items() if M.ACC.matches(k)))
-    return info
+    return row
 
 
 def run_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Any:
