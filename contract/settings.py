@@ -34,6 +34,23 @@ class Settings(BaseSettings):
                                    "the broker's queues for this long lost a message (a broker restart): its next "
                                    "phase is re-sent once, then the run is crashed; 0 turns the watchdog off.")
 
+    # ---- integrations: trackers and alerts for every run of this deployment (docs/integrations.md)
+    report_to: str | None = Field(None, description="Trackers for every run, comma-separated: wandb, mlflow, tensorboard.")
+    dashboard_url: str = Field("http://127.0.0.1:8501", description="The dashboard's address, linked from trackers and alerts.")
+    wandb_project: str = Field("copd", description="W&B project of the runs (WANDB_MODE, WANDB_API_KEY: wandb's own).")
+    wandb_entity: str | None = Field(None, description="W&B entity (team); default the API key's user.")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<data_dir>/mlflow.db "
+                                            "(<out>/mlflow.db for `copd train`).")
+    mlflow_experiment: str = Field("copd", description="MLflow experiment of the runs.")
+    tensorboard_dir: Path | None = Field(None, description="Where TensorBoard event files go (one folder a run); default "
+                                         "<data_dir>/tensorboard (<out>/tensorboard for `copd train`).")
+    alert_webhooks: str | None = Field(None, description="Webhook URLs for every run, comma-separated (Slack-compatible).")
+    alert_on: str = Field("crashed,failed", description="Run statuses that alert for every run (comma-separated).")
+    alert_rules: str | None = Field(None, description="Metric rules for every run, ';'-separated, e.g. "
+                                    "'acc_mean < 0.3 after cycle 2; rollout/logp_gap > 0.5'.")
+    export_interval_s: float = Field(2.0, ge=0, description="Seconds between the API's passes over new events, "
+                                     "statuses and knob changes (trackers and alerts); 0 turns the passes off.")
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'copd.db'}"

@@ -274,6 +274,77 @@ class MergeSpec(_Model):
         return v
 
 
+Tracker = Literal["wandb", "mlflow", "tensorboard"]
+TRACKERS: tuple[str, ...] = ("wandb", "mlflow", "tensorboard")
+AlertOn = Literal["crashed", "failed", "completed"]
+ALERT_ON: tuple[str, ...] = ("crashed", "failed", "completed")
+_RULE_RE = re.compile(r"^\s*(?:(?P<expert>[A-Za-z0-9][A-Za-z0-9_-]{0,63}):)?(?P<key>[A-Za-z0-9_./<>-]+)\s*"
+                      r"(?P<op><=|>=|<|>)\s*(?P<value>[-+0-9.eE]+|nan|inf)\s*"
+                      r"(?:after\s+cycle\s+(?P<cycle>\d+))?\s*$")
+
+
+class AlertRule(_Model):
+    """A metric rule: alert once when a point of `key` crosses `value` (e.g. `acc_mean < 0.3 after cycle 2`)."""
+
+    key: str = Field(min_length=1, max_length=128, description="A registered metric key (contract/metrics.py).")
+    op: Literal["<", "<=", ">", ">="] = Field(description="How the point compares with value to fire.")
+    value: float = Field(description="The threshold.")
+    after_cycle: int = Field(0, ge=0, description="Only points of cycles ≥ this fire (the rule's `after cycle c`).")
+    expert: str | None = Field(None, description="Only this expert's (or merged's) points; null = any.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        m = _RULE_RE.match(v)
+        if not m:
+            raise ValueError(f"{v!r} is not a rule like 'acc_mean < 0.3 after cycle 2' or 'text:rollout/logp_gap > 0.5'")
+        return {"key": m["key"], "op": m["op"], "value": float(m["value"]),
+                "after_cycle": int(m["cycle"] or 0), "expert": m["expert"]}
+
+    @field_validator("key")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from contract.metrics import lookup
+
+        if lookup(v) is None:
+            raise ValueError(f"'{v}' is not a registered metric key (docs/metrics.md)")
+        return v
+
+    def fires(self, expert: str | None, key: str, cycle: int | None, value: float) -> bool:
+        """True when this point breaks the rule."""
+        if key != self.key or (self.expert is not None and expert != self.expert):
+            return False
+        if (cycle or 0) < self.after_cycle:
+            return False
+        return {"<": value < self.value, "<=": value <= self.value, ">": value > self.value,
+                ">=": value >= self.value}[self.op]
+
+    def __str__(self) -> str:
+        who = f"{self.expert}:" if self.expert else ""
+        return f"{who}{self.key} {self.op} {self.value:g}" + (f" after cycle {self.after_cycle}" if self.after_cycle else "")
+
+
+class AlertsSpec(_Model):
+    """Webhooks (Slack-compatible JSON `{"text": ...}`) told when the run ends or a metric rule fires."""
+
+    webhooks: list[str] = Field(default_factory=list, max_length=16,
+                                description="http(s) URLs POSTed `{\"text\": ...}` (Slack incoming webhooks, or any receiver).")
+    on: list[AlertOn] = Field(default_factory=lambda: list(ALERT_ON),
+                              description="Run statuses that alert: crashed, failed, completed.")
+    rules: list[AlertRule] = Field(default_factory=list, max_length=64,
+                                   description="Metric rules, e.g. 'acc_mean < 0.3 after cycle 2', 'rollout/logp_gap > 0.5'.")
+
+    @field_validator("webhooks")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for i, url in enumerate(v):
+            if not re.match(r"^https?://[^\s/]+", url):
+                raise ValueError(f"{i}: {url!r} is not an http(s) URL")
+        return v
+
+
 class EvalSpec(_Model):
     """Held-out evaluation and the behavioural-overlap measure."""
 
@@ -354,6 +425,10 @@ class RunSpec(_Model):
     tiny: TinyModelSpec = Field(default_factory=TinyModelSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    report_to: list[Tracker] = Field(default_factory=list, description="Trackers that get every metric point: "
+                                     "wandb, mlflow, tensorboard (besides the deployment's COPD_REPORT_TO).")
+    alerts: AlertsSpec = Field(default_factory=AlertsSpec, description="Webhooks told of the run's end and of "
+                               "metric rules (besides the deployment's COPD_ALERT_*).")
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
     @field_validator("experts")

@@ -18,6 +18,7 @@ from server.db import make_engine, make_sessionmaker, require_head
 from server.dispatch import CeleryDispatcher
 from server.errors import install as install_error_handlers
 from server.guard import BodyLimit, router
+from server.integrations import Integrations
 from server.reaper import reaper_loop
 from server.routes import checkpoints, events, health, knobs, lifecycle, metrics, runs, tokens, vocab, worker
 
@@ -29,7 +30,7 @@ MAX_BODY = 8 * 2**20  # bytes, any route (the outer bound; routes cap lower: ser
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Refuse to start on an un-migrated database or a placeholder token; run the reaper while up."""
     settings: Settings = app.state.settings
-    task = None
+    task = exports = None
     try:
         require_head(app.state.engine)
         token, source = admin_token(settings)
@@ -40,13 +41,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             task = asyncio.create_task(reaper_loop(app.state.sessions, settings.reaper_interval_s,
                                                    settings.heartbeat_timeout_s, app.state.dispatcher,
                                                    settings.stall_timeout_s))
+        if settings.export_interval_s > 0:
+            exports = asyncio.create_task(export_loop(app.state.integrations, settings.export_interval_s))
         yield
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for t in (task, exports):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        await asyncio.to_thread(app.state.integrations.close)
         app.state.engine.dispose()
+
+
+async def export_loop(integrations: Integrations, interval_s: float) -> None:
+    """Every `interval_s`, the trackers' and alerts' pass (server/integrations.py) in a worker thread."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(integrations.poll)
+        except Exception:
+            log.exception("integrations pass failed; trying again in %g s", interval_s)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.db_url)
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.dispatcher = CeleryDispatcher(settings)
+    app.state.integrations = Integrations(settings, app.state.sessions)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY)
     app.include_router(health.api)

@@ -17,15 +17,16 @@ from contract.plan import SHAPES, Unit, plan
 from contract.spec import Knobs, merge_knobs, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("contract", "trainer", "worker", "server", "ui", "copd")
+PARTS = ("contract", "integrations", "trainer", "worker", "server", "ui", "copd")
 # Who may import whom (the one-way arrows of docs/architecture.md). copd/ is the roof: the CLI over all.
 ALLOWED = {
     "contract": set(),
-    "trainer": {"contract"},
+    "integrations": {"contract"},
+    "trainer": {"contract", "integrations"},
     "worker": {"contract", "trainer"},
-    "server": {"contract"},
+    "server": {"contract", "integrations"},
     "ui": {"contract"},
-    "copd": {"contract", "trainer", "worker", "server", "ui"},
+    "copd": {"contract", "integrations", "trainer", "worker", "server", "ui"},
 }
 # Old import paths kept for one release (docs/design-notes.md): thin re-exports, exempt from the arrows.
 SHIMS = {"copd/settings.py", "copd/client.py", "copd/fsbroker.py", "trainer/spec.py", "trainer/schedule.py",
@@ -187,5 +188,15 @@ def test_contract_imports_no_heavy_framework() -> None:
             "contract.settings, contract.broker, contract.client; "
             "heavy = [m for m in ('torch', 'fastapi', 'sqlalchemy', 'streamlit', 'celery', 'transformers', "
             "'trainer', 'server', 'worker', 'ui', 'copd') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_integrations_import_no_torch() -> None:
+    """The exporter and alerts run in the API (which never imports torch): neither they nor the trackers'
+    writers may pull torch in."""
+    code = ("import sys, integrations.runs, integrations.local, integrations.alerts; "
+            "heavy = [m for m in ('torch', 'trainer', 'server', 'worker', 'ui', 'copd', 'wandb', 'mlflow') "
+            "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from integrations.local import LocalIntegrations
 from trainer.reporter import JsonlReporter, truncate_metrics
 from contract.plan import Unit, plan
 from contract.spec import RunSpec, knobs_from_spec
@@ -71,11 +72,15 @@ def train_local(spec: RunSpec, out: Path, model_cache: Path, *, resume: bool = F
     ctx = RunContext.create(spec, out, model_cache, log_fn)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(spec.model_dump_json(indent=1))
-    reporter = JsonlReporter(out, knobs_from_spec(spec), display)
+    sink = LocalIntegrations.open(spec, out)
+    reporter = JsonlReporter(out, knobs_from_spec(spec), display, sink=sink)
+    if sink is not None:
+        sink.report = lambda level, message: reporter.event(message, level=level)
     if display is not None:
         display.start(spec, units, state.completed)
     done = set(state.completed)
     ran = 0
+    status = "failed"
     try:
         for unit in units:
             if unit.id in done:
@@ -91,7 +96,10 @@ def train_local(spec: RunSpec, out: Path, model_cache: Path, *, resume: bool = F
                 display.unit_done(unit)
             if unit.kind == "eval" and unit.cycle > 0:
                 _drop_phase_one_checkpoints(ctx, unit)
+        status = "completed" if len(state.completed) == len(units) else "running"
     finally:
+        if sink is not None:
+            sink.close(status)
         reporter.close()
         if display is not None:
             display.stop()

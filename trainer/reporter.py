@@ -49,8 +49,9 @@ class JsonlReporter:
     merged by the API's rule (`merge_knobs`: one teacher weight or one expert's β can change alone).
     """
 
-    def __init__(self, out_dir: Path, initial_knobs: Knobs | Mapping[str, Any], display=None):
+    def __init__(self, out_dir: Path, initial_knobs: Knobs | Mapping[str, Any], display=None, sink=None):
         self.out_dir = Path(out_dir)
+        self.sink = sink  # also told every metric and event (the local runner's trackers and alerts)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
         self._events = open(self.out_dir / "events.jsonl", "a", encoding="utf-8")
@@ -66,6 +67,8 @@ class JsonlReporter:
         for key, value in values.items():
             self._metrics.write(json.dumps({"expert": expert, "cycle": cycle, "step": step, "key": key,
                                             "value": float(value)}) + "\n")
+        if self.sink is not None:
+            self.sink.metrics(expert, cycle, step, values)
         if self.display is not None:
             self.display.metrics(expert, cycle, step, values)
 
@@ -74,6 +77,8 @@ class JsonlReporter:
 
     def event(self, message: str, *, level: str = "info", expert: str | None = None) -> None:
         self._events.write(json.dumps({"time": time.time(), "level": level, "expert": expert, "message": message}) + "\n")
+        if self.sink is not None:
+            self.sink.event(message, level=level, expert=expert)
         if self.display is not None:
             self.display.event(message, level=level, expert=expert)
 

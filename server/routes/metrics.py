@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Query
+from fastapi import Query, Request
 
 from server import crud
 from server.deps import Reader, RunId, SessionDep, Writer
@@ -17,9 +17,11 @@ METRICS_MAX_BODY = 8 * 2**20  # bytes: a full batch of 10,000 points with the lo
 
 @api.post("/runs/{run_id}/metrics", response_model=MetricsWritten)
 @max_body(METRICS_MAX_BODY)
-def post_metrics(run_id: RunId, batch: MetricBatch, session: SessionDep, _: Writer) -> MetricsWritten:
+def post_metrics(run_id: RunId, batch: MetricBatch, session: SessionDep, _: Writer, request: Request) -> MetricsWritten:
     """Up to 10,000 points; (expert, key, step) is stored once, the last write wins; all or nothing."""
-    return MetricsWritten(points=crud.write_metrics(session, run_id=run_id, points=batch.points))
+    written = crud.write_metrics(session, run_id=run_id, points=batch.points)
+    request.app.state.integrations.on_metrics(session, run_id, batch.points)  # trackers and metric rules
+    return MetricsWritten(points=written)
 
 
 @api.get("/runs/{run_id}/metrics", response_model=SeriesList)
