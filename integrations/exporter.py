@@ -47,7 +47,9 @@ class RunExporter:
         self.interval_s, self.backoff_s = interval_s, backoff_s
         self.folder.mkdir(parents=True, exist_ok=True)
         self.outbox = self.folder / "outbox.jsonl"
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # the outbox file
+        self._deliver_lock = threading.RLock()  # one delivery pass at a time (the thread's, close's)
+        self._closed: int | None = None
         self._seen: set[tuple[str, str, int]] = set()
         if self.outbox.exists():
             with open(self.outbox, encoding="utf-8") as f:
@@ -67,6 +69,8 @@ class RunExporter:
         """Queue the points not exported before; returns how many were new."""
         new = 0
         with self._lock:
+            if self._out.closed:  # the run ended; a late point is in the copd database, not the trackers
+                return 0
             for p in points:
                 k = (p.expert or "", p.key, int(p.step))
                 if k in self._seen:
@@ -88,6 +92,8 @@ class RunExporter:
 
     def _append(self, record: dict[str, Any]) -> None:
         with self._lock:
+            if self._out.closed:
+                return
             self._out.write(json.dumps(record) + "\n")
             self._out.flush()
         self._wake.set()
@@ -115,6 +121,11 @@ class RunExporter:
 
     def pump(self, now: float | None = None) -> None:
         """One delivery pass over every tracker that is due."""
+        with self._deliver_lock:
+            if self._closed is None:
+                self._pump(now)
+
+    def _pump(self, now: float | None) -> None:
         for s in self.states:
             now = time.time() if now is None else now
             if s.next_try > now:
@@ -176,7 +187,8 @@ class RunExporter:
 
     def _read(self, offset: int) -> tuple[list[dict[str, Any]], int]:
         with self._lock:
-            self._out.flush()
+            if not self._out.closed:
+                self._out.flush()
             with open(self.outbox, "rb") as f:
                 f.seek(offset)
                 records = []
@@ -195,14 +207,21 @@ class RunExporter:
         os.replace(tmp, self.folder / "cursors.json")
 
     def close(self, status: str, wait_s: float = 10.0) -> int:
-        """Deliver what is left (trying for up to `wait_s`), end the tracker runs; returns records left undelivered."""
+        """Deliver what is left (trying for up to `wait_s`), end the tracker runs; returns records left undelivered.
+        A second call waits for the first and returns its answer."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=wait_s)
+        with self._deliver_lock:
+            if self._closed is None:
+                self._closed = self._close(status, wait_s)
+            return self._closed
+
+    def _close(self, status: str, wait_s: float) -> int:
         deadline = time.time() + wait_s
         while self.pending() and time.time() < deadline:
-            self.pump()
+            self._pump(None)
             if self.pending():
                 due = min((s.next_try for s in self.states), default=0.0)
                 time.sleep(max(0.05, min(due - time.time(), deadline - time.time(), 1.0)))
@@ -216,7 +235,8 @@ class RunExporter:
         if left:
             self.report("warning", f"{left} tracker(s) did not get every record before the run ended; they stay in "
                                    f"{self.outbox} and are delivered when the export is opened again")
-        self._out.close()
+        with self._lock:
+            self._out.close()
         return left
 
 
