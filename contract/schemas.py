@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, 
 
 from contract import metrics as M
 from contract.spec import (
+    AlertsSpec,
     ComputeSpec,
     DistillSpec,
     DomainRef,
@@ -25,6 +26,7 @@ from contract.spec import (
     ScheduleSpec,
     Knobs,
     TinyModelSpec,
+    Tracker,
 )
 from contract.vocab import (
     DOMAIN_TYPES,
@@ -108,6 +110,8 @@ class RunPublic(BaseModel):
     tiny: TinyModelSpec
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    report_to: list[Tracker] = Field(default_factory=list)
+    alerts: AlertsSpec = Field(default_factory=AlertsSpec)
     seed: int
     status: RunStatus
     cycle: int

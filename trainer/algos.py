@@ -170,14 +170,18 @@ def merge_state_dicts(
 def magnitude_mask(delta: Tensor, density: float) -> Tensor:
     """Keep the `density` share of entries largest in magnitude (TIES' trim): a bool mask shaped like `delta`.
 
-    k = int(density · numel) entries are kept (PEFT's `magnitude_based_pruning`); ties at the threshold
-    are broken by position, so exactly k stay.
+    k = int(density · numel) entries are kept (PEFT's `magnitude_based_pruning`): those at or above the k-th
+    largest magnitude (entries tied with it are all kept). k = 0 keeps nothing.
     """
-    k = int(density * delta.numel())
-    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
-    if k > 0:
-        mask[delta.abs().flatten().topk(k).indices] = True
-    return mask.view_as(delta)
+    n = delta.numel()
+    k = int(density * n)
+    if k <= 0:
+        return torch.zeros_like(delta, dtype=torch.bool)
+    if k >= n:
+        return torch.ones_like(delta, dtype=torch.bool)
+    mags = delta.abs()
+    threshold = mags.flatten().kthvalue(n - k + 1).values  # the k-th largest (kthvalue counts from the smallest)
+    return mags >= threshold
 
 
 def dare_mask(shape: torch.Size, density: float, generator: torch.Generator) -> Tensor:
@@ -199,7 +203,8 @@ def elect_sign(deltas: Tensor, weights: Tensor, method: str = "total") -> Tensor
 
 
 def merge_deltas(deltas: Tensor, weights: Tensor, method: str, density: float = 1.0,
-                 sign_method: str = "total", generator: torch.Generator | None = None) -> Tensor:
+                 sign_method: str = "total", generator: torch.Generator | None = None,
+                 keep: Tensor | None = None) -> Tensor:
     """One merged task vector from the experts' deltas from the base. deltas [K, ...] (float32), weights [K].
 
     - task_arithmetic: Σ_k w_k·δ_k
@@ -208,18 +213,22 @@ def merge_deltas(deltas: Tensor, weights: Tensor, method: str, density: float = 
       weights this is PEFT's `disjoint_merge` (mean over the agreeing experts).
     - dare_linear: drop each entry with probability 1 − density, rescale the kept by 1/density, then
       task arithmetic; dare_ties: the same drop and rescale, then TIES' sign election and disjoint mean.
+
+    `keep` [K, ...] (bool), when given, is the trim / drop mask instead of one computed here (a chunk of a
+    tensor whose TIES thresholds were taken over the whole tensor).
     """
     if method == "task_arithmetic":
         return torch.einsum("k,k...->...", weights, deltas)
     if method in ("dare_linear", "dare_ties"):
-        if generator is None:
-            raise ValueError(f"{method} needs a generator (its drop is random)")
-        keep = torch.stack([dare_mask(d.shape, density, generator) for d in deltas])
+        if keep is None:
+            if generator is None:
+                raise ValueError(f"{method} needs a generator (its drop is random)")
+            keep = torch.stack([dare_mask(d.shape, density, generator) for d in deltas])
         deltas = deltas * keep / density
         if method == "dare_linear":
             return torch.einsum("k,k...->...", weights, deltas)
     elif method == "ties":
-        deltas = deltas * torch.stack([magnitude_mask(d, density) for d in deltas])
+        deltas = deltas * (torch.stack([magnitude_mask(d, density) for d in deltas]) if keep is None else keep)
     else:
         raise ValueError(f"unknown merge method {method!r} (one of {', '.join(MERGE_METHODS[1:])})")
     sign = elect_sign(deltas, weights, sign_method)
@@ -228,13 +237,19 @@ def merge_deltas(deltas: Tensor, weights: Tensor, method: str, density: float = 
     return (w * deltas).sum(0) / w.sum(0).clamp_min(torch.finfo(torch.float32).tiny)
 
 
+MERGE_CHUNK = 1 << 22  # elements per slice of a large tensor merged at once (bounds the float32 temporaries)
+
+
 def merge_tensor(tensors: Sequence[Tensor], weights: Sequence[float], method: str = "average",
                  base: Tensor | None = None, *, density: float = 1.0, scale: float = 1.0,
-                 sign_method: str = "total", generator: torch.Generator | None = None) -> Tensor:
+                 sign_method: str = "total", generator: torch.Generator | None = None,
+                 chunk: int = MERGE_CHUNK) -> Tensor:
     """One parameter of the merged model from the experts' values of it (computed in float32, cast back).
 
     average: Σ_k w_k·θ_k. The other methods work on the deltas from the base: θ_base + scale·merge_deltas(...).
-    Integer tensors (buffers) are taken from the first expert.
+    Integer tensors (buffers) are taken from the first expert. Tensors over `chunk` elements are merged a
+    slice at a time (TIES' trim threshold is still each expert's over the whole tensor), so the float32
+    temporaries stay a few times `chunk` whatever the tensor's size.
     """
     first = tensors[0]
     if not torch.is_floating_point(first):
@@ -242,17 +257,43 @@ def merge_tensor(tensors: Sequence[Tensor], weights: Sequence[float], method: st
     for t in tensors[1:]:
         if t.shape != first.shape:
             raise ValueError(f"shapes differ {tuple(t.shape)} vs {tuple(first.shape)}")
+    if method != "average":
+        if base is None:
+            raise ValueError(f"merge method {method} needs the base model's tensor")
+        if base.shape != first.shape:
+            raise ValueError(f"base shape {tuple(base.shape)} differs from the experts' {tuple(first.shape)}")
     w = torch.tensor([float(x) for x in weights], dtype=torch.float32)
-    stacked = torch.stack([t.float() for t in tensors])                       # [K, ...]
-    if method == "average":
-        return torch.einsum("k,k...->...", w, stacked).to(first.dtype)
-    if base is None:
-        raise ValueError(f"merge method {method} needs the base model's tensor")
-    if base.shape != first.shape:
-        raise ValueError(f"base shape {tuple(base.shape)} differs from the experts' {tuple(first.shape)}")
-    b = base.float()
-    merged = merge_deltas(stacked - b, w, method, density, sign_method, generator)
-    return (b + scale * merged).to(first.dtype)
+    flats = [t.reshape(-1) for t in tensors]
+    b = base.reshape(-1) if base is not None else None
+    thresholds = None
+    if method == "ties" and density < 1.0:
+        thresholds = [_kth_magnitude(f, b, density) for f in flats]
+    out = torch.empty(first.numel(), dtype=first.dtype)
+    for lo in range(0, first.numel(), max(1, chunk)):
+        hi = min(lo + chunk, first.numel())
+        stacked = torch.stack([f[lo:hi].float() for f in flats])                     # [K, C]
+        if method == "average":
+            out[lo:hi] = torch.einsum("k,k...->...", w, stacked).to(first.dtype)
+            continue
+        bc = b[lo:hi].float()
+        deltas = stacked - bc
+        keep = None
+        if thresholds is not None:
+            keep = torch.stack([d.abs() >= th for d, th in zip(deltas, thresholds)])
+        elif method == "ties":
+            keep = torch.ones_like(deltas, dtype=torch.bool)
+        merged = merge_deltas(deltas, w, method, density, sign_method, generator, keep=keep)
+        out[lo:hi] = (bc + scale * merged).to(first.dtype)
+    return out.view(first.shape)
+
+
+def _kth_magnitude(expert: Tensor, base: Tensor, density: float) -> Tensor | float:
+    """The k-th largest |θ − θ_base| of one expert over the whole tensor, k = int(density · numel) (inf: keep none)."""
+    n = expert.numel()
+    k = int(density * n)
+    if k <= 0:
+        return float("inf")
+    return (expert.float() - base.float()).abs_().kthvalue(n - k + 1).values
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:

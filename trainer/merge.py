@@ -2,8 +2,9 @@
 
 The experts are never loaded as models: for each parameter name the K experts' values (and the base's, for
 the delta methods) are read from disk, merged by `trainer.algos.merge_tensor`, and added to the output shard,
-which is written out once it passes `shard_bytes`. Peak memory is one output shard plus K + 1 float32
-copies of the largest single tensor — about one model, not K (bench/merge_memory.py measures it).
+which is written out once it passes `shard_bytes` (1 GiB). Peak memory is about two output shards (the shard
+and its serialized bytes) plus a few float32 copies of the largest single tensor for each of the K experts —
+bounded by the shard size and the largest tensor, not by K models (bench/merge_memory.py measures it).
 
 Tensors are read with plain positioned reads into a fresh buffer, not through a memory map, so that the
 pages of K source files do not stay mapped into the process for the whole merge.
@@ -89,6 +90,29 @@ def read_tensor(ref: TensorRef) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=ref.dtype).reshape(ref.shape)
 
 
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps large freed blocks otherwise, and RSS only grows)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
 def _generator(seed: int, name: str) -> torch.Generator:
     """DARE's drop of one tensor: seeded by the run's seed and the tensor's name (order-independent)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
@@ -96,7 +120,7 @@ def _generator(seed: int, name: str) -> torch.Generator:
 
 def merge_folders(sources: Sequence[Path], out: Path, weights: Sequence[float], merge: MergeSpec, *,
                   base: Path | None = None, seed: int = 0, state: dict[str, Any] | None = None,
-                  shard_bytes: int = 2 * 2**30) -> tuple[str, int]:
+                  shard_bytes: int = 2**30) -> tuple[str, int]:
     """Merge checkpoint folders tensor by tensor into the checkpoint folder `out` (written atomically, with
     config and tokenizer files of the first source); returns (manifest sha256, bytes)."""
     if not sources:
@@ -142,6 +166,7 @@ def _write_merged(tmp: Path, names: list[str], indexes: list[dict[str, TensorRef
         save_file(pending, str(path), metadata={"format": "pt"})
         shards.append((path, list(pending)))
         pending, size = {}, 0
+        _release_freed_memory()
 
     for name in names:
         tensors = [read_tensor(idx[name]) for idx in indexes]
@@ -152,6 +177,7 @@ def _write_merged(tmp: Path, names: list[str], indexes: list[dict[str, TensorRef
         except ValueError as err:
             raise MergeError(f"tensor {name}: {err}") from None
         del tensors, base_t
+        _release_freed_memory()
         pending[name] = out.contiguous()
         nbytes = out.numel() * out.element_size()
         size += nbytes

@@ -135,3 +135,25 @@ def test_streamed_merge_refuses_what_does_not_fit(tmp_path):
     with pytest.raises(MergeError, match="base model"):
         merge_folders([a, a], tmp_path / "out", HALF, MergeSpec(method="ties"), base=tmp_path / "nowhere")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["average", "task_arithmetic", "ties", "dare_linear"])
+def test_a_tensor_merged_in_slices_equals_it_merged_whole(method):
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(37, 11, generator=g)
+    experts = [base + torch.randn(37, 11, generator=g) for _ in range(3)]
+    w = [0.2, 0.3, 0.5]
+    kw = dict(density=0.4, scale=1.5)
+    if method == "dare_linear":  # the drop is drawn per slice: deterministic, and every entry 0 or δ/density
+        a = merge_tensor(experts, [1.0, 0, 0], method, base, **kw, generator=torch.Generator().manual_seed(1), chunk=50)
+        b = merge_tensor(experts, [1.0, 0, 0], method, base, **kw, generator=torch.Generator().manual_seed(1), chunk=50)
+        d = (a - base) / 1.5
+        assert torch.equal(a, b)
+        assert torch.all(torch.isclose(d, torch.zeros(())) | torch.isclose(d, (experts[0] - base) / 0.4, atol=1e-5))
+        return
+    whole = merge_tensor(experts, w, method, base, **kw, chunk=10**9)
+    sliced = merge_tensor(experts, w, method, base, **kw, chunk=50)
+    assert torch.allclose(whole, sliced, atol=1e-6)
+    if method == "ties":  # the whole-tensor trim: 40 % of 407 entries of each delta kept
+        masks = [magnitude_mask(e - base, 0.4) for e in experts]
+        assert [int(m.sum()) for m in masks] == [int(0.4 * 407)] * 3
