@@ -70,6 +70,7 @@ def train(
     _quiet_libraries()
     from copd.display import ConsoleDisplay
     from contract.settings import get_settings
+    from contract.spec import SpecError
     from trainer.domains import DomainError
     from trainer.local import RunDirError, train_local
 
@@ -81,7 +82,7 @@ def train(
     try:
         train_local(run_spec, out, get_settings().model_cache, resume=resume, display=display,
                     log_fn=lambda m: display.console.print(f"[dim]{m}[/]"))
-    except (DomainError, RunDirError, NotImplementedError) as err:
+    except (DomainError, RunDirError, NotImplementedError, SpecError) as err:  # SpecError: COPD_REPORT_TO
         fail(str(err))
     except KeyboardInterrupt:
         fail(f"interrupted; continue with: copd train {spec} --out {out} --resume", code=130)

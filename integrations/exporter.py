@@ -170,6 +170,8 @@ class RunExporter:
 
     def _failed(self, s: _State, err: BaseException) -> None:
         why = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        if isinstance(err, ImportError):
+            why += " — install the trackers extra: pip install 'copd[trackers]'"
         s.failures += 1
         s.next_try = time.time() + self.backoff_s[min(s.failures - 1, len(self.backoff_s) - 1)]
         if s.down_since is None:

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from contract.settings import get_settings
 from integrations.local import LocalIntegrations
+from integrations.runs import trackers_of
 from trainer.reporter import JsonlReporter, truncate_metrics
 from contract.plan import Unit, plan
 from contract.spec import RunSpec, knobs_from_spec
@@ -68,6 +70,7 @@ def train_local(spec: RunSpec, out: Path, model_cache: Path, *, resume: bool = F
     """Run (or continue) a whole run in this process; `max_units` stops early (tests use it to interrupt)."""
     out = Path(out)
     units = plan(spec)  # raises NotImplementedError for strategies not yet available, before any file is written
+    trackers_of(spec, get_settings())  # a bad COPD_REPORT_TO: SpecError, before any file is written
     state = prepare_out_dir(spec, out, resume)
     ctx = RunContext.create(spec, out, model_cache, log_fn)
     out.mkdir(parents=True, exist_ok=True)

@@ -74,3 +74,21 @@ def test_deployment_alerts_join_the_runs():
     assert both.webhooks == ["http://a/1", "http://b/2"] and both.on == ["failed", "crashed"]
     assert [str(r) for r in both.rules] == ["acc_mean < 0.5", "rollout/logp_gap > 1"]
     assert merged_alerts(AlertsSpec(), None, "crashed", "acc_mean < 1").webhooks == []
+
+
+def test_copd_train_refuses_an_unknown_tracker_in_the_environment(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from contract.settings import get_settings
+    from copd.cli import app
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: r\nstrategy: independent\nexperts: [{name: a, domain: 'builtin:arith'}]\n")
+    monkeypatch.setenv("COPD_REPORT_TO", "tensorboard,neptune")
+    get_settings.cache_clear()
+    try:
+        res = CliRunner().invoke(app, ["train", str(spec), "--out", str(tmp_path / "out")])
+    finally:
+        get_settings.cache_clear()
+    assert res.exit_code == 2 and "COPD_REPORT_TO: unknown tracker 'neptune'" in res.output, res.output
+    assert not (tmp_path / "out").exists()
