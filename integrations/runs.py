@@ -28,6 +28,8 @@ def tracker_config(settings: Settings, root: Path) -> TrackerConfig:
     return TrackerConfig(wandb_project=settings.wandb_project, wandb_entity=settings.wandb_entity, wandb_dir=root,
                          mlflow_tracking_uri=settings.mlflow_tracking_uri or f"sqlite:///{root / 'mlflow.db'}",
                          mlflow_experiment=settings.mlflow_experiment,
+                         # the default SQLite store keeps spec.json beside it, not in ./mlruns of the cwd
+                         mlflow_artifacts=None if settings.mlflow_tracking_uri else (root / "mlflow-artifacts").as_uri(),
                          tensorboard_dir=settings.tensorboard_dir or root / "tensorboard")
 
 

@@ -62,6 +62,7 @@ class TrackerConfig:
     wandb_dir: Path | None = None
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     mlflow_experiment: str = "copd"
+    mlflow_artifacts: str | None = None   # the experiment's artifact location when copd creates it (a URI)
     tensorboard_dir: Path = Path("tensorboard")
 
 
@@ -134,7 +135,8 @@ class MlflowTracker:
 
         self.client = MlflowClient(tracking_uri=self.cfg.mlflow_tracking_uri)
         exp = self.client.get_experiment_by_name(self.cfg.mlflow_experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(self.cfg.mlflow_experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            self.cfg.mlflow_experiment, artifact_location=self.cfg.mlflow_artifacts)
         found = self.client.search_runs([exp_id], filter_string=f"tags.`copd.run` = '{run.key}'", max_results=1)
         if found:
             self.run_id = found[0].info.run_id

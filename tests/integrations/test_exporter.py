@@ -29,7 +29,7 @@ def _got(counter):
 
 def test_every_point_once_in_every_tracker(tmp_path, wandb_offline):
     cfg = TrackerConfig(wandb_dir=tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                        tensorboard_dir=tmp_path / "tb")
+                        mlflow_artifacts=(tmp_path / "artifacts").as_uri(), tensorboard_dir=tmp_path / "tb")
     ex = RunExporter(INFO, [make_tracker(n, cfg) for n in ("wandb", "mlflow", "tensorboard")], tmp_path / "state")
     pts = _points()
     assert ex.add_points(pts[:4]) == 4
@@ -43,6 +43,7 @@ def test_every_point_once_in_every_tracker(tmp_path, wandb_offline):
     assert _got(ml) == _want(pts)
     assert tags["copd.link"] == INFO.link and tags["knobs/v1"] == '{"beta": 0.5}' and params["_status"] == "FINISHED"
     assert tags["event/00001"] == "c1/rl/text: 3 steps from base" and params["schedule"] == '{"cycles": 2}'
+    assert len(list((tmp_path / "artifacts").rglob("spec.json"))) == 1   # the spec, as an artifact
     tb, texts = tensorboard_points(tmp_path / "tb" / "run-7")
     assert _got(tb) == _want(pts)
     assert "events: c1/rl/text: 3 steps from base" in texts and 'knobs: v1: {"beta": 0.5}' in texts
@@ -52,7 +53,8 @@ def test_every_point_once_in_every_tracker(tmp_path, wandb_offline):
 def test_a_tracker_that_is_down_buffers_retries_and_reports_the_gap(tmp_path):
     store = tmp_path / "blocked"                        # a file where MLflow's SQLite folder should be: it fails
     store.write_text("not a folder")
-    cfg = TrackerConfig(mlflow_tracking_uri=f"sqlite:///{store / 'mlflow.db'}", tensorboard_dir=tmp_path / "tb")
+    cfg = TrackerConfig(mlflow_tracking_uri=f"sqlite:///{store / 'mlflow.db'}", tensorboard_dir=tmp_path / "tb",
+                        mlflow_artifacts=(tmp_path / "artifacts").as_uri())
     heard: list[tuple[str, str]] = []
     ex = RunExporter(INFO, [make_tracker("mlflow", cfg), make_tracker("tensorboard", cfg)], tmp_path / "state",
                      report=lambda level, msg: (heard.append((level, msg)), ex.add_event(msg)))
@@ -79,7 +81,8 @@ def test_a_tracker_that_is_down_buffers_retries_and_reports_the_gap(tmp_path):
 def test_what_was_not_delivered_waits_in_the_outbox_for_the_next_open(tmp_path):
     store = tmp_path / "later"
     store.write_text("not a folder")
-    cfg = TrackerConfig(mlflow_tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    cfg = TrackerConfig(mlflow_tracking_uri=f"sqlite:///{store / 'mlflow.db'}",
+                        mlflow_artifacts=(tmp_path / "artifacts").as_uri())
     heard = []
     ex = RunExporter(INFO, [make_tracker("mlflow", cfg)], tmp_path / "state", report=lambda l, m: heard.append(m))
     pts = _points()
