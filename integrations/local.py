@@ -54,6 +54,11 @@ class LocalIntegrations:
         if self.ri.exporter is not None:
             self.ri.exporter.add_event(f"[{level}] " + (f"{expert}: " if expert else "") + message)
 
+    def knobs(self, version: int, changes: dict) -> None:
+        """DIR/knobs.json changed: a new knob version (its changes from the spec's knobs)."""
+        if self.ri.exporter is not None:
+            self.ri.exporter.add_knobs(version, changes)
+
     def close(self, status: str) -> None:
         """The run ended (completed / failed) or stopped early (running): alert, then drain the trackers."""
         if self.ri.alerts is not None and self.hooks is not None:

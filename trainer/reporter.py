@@ -95,6 +95,8 @@ class JsonlReporter:
                 if isinstance(changes, dict):
                     values = Knobs.model_validate(merge_knobs(self._base_knobs.model_dump(), changes))
                     self._knobs = (self._knobs[0] + 1, values)
+                    if self.sink is not None:
+                        self.sink.knobs(self._knobs[0], changes)
             except ValueError as err:  # not JSON, or not valid knob values (pydantic's error is a ValueError)
                 why = "not valid JSON" if isinstance(err, json.JSONDecodeError) else f"invalid knobs ({err})"
                 self.event(f"{self._knob_file}: {' '.join(why.split())[:300]}, knobs unchanged", level="warning")

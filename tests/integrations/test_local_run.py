@@ -50,3 +50,31 @@ def test_local_run_exports_every_point_once_and_alerts(tmp_path, model_cache, re
     assert same(tb, rel=1e-6) and any("merged model (average)" in t for t in texts)
     texts = receiver.wait_for(3)
     assert sum("completed" in t for t in texts) == 1 and sum("rule acc_mean" in t for t in texts) == 2, texts
+
+
+def test_a_knobs_json_change_reaches_the_sink(tmp_path):
+    from trainer.reporter import JsonlReporter
+
+    class Recorder:
+        def __init__(self):
+            self.knob_versions, self.events, self.points = [], [], []
+
+        def metrics(self, expert, cycle, step, values):
+            self.points.append((expert, cycle, step, values))
+
+        def event(self, message, *, level="info", expert=None):
+            self.events.append(message)
+
+        def knobs(self, version, changes):
+            self.knob_versions.append((version, changes))
+
+    sink = Recorder()
+    rep = JsonlReporter(tmp_path, {"beta": 1.0}, sink=sink)
+    rep.metrics("text", 1, 3, {"loss/grpo": 0.5})
+    (tmp_path / "knobs.json").write_text(json.dumps({"beta": 0.25}))
+    version, knobs = rep.knobs()
+    rep.knobs_applied(version, 1, 4)
+    rep.close()
+    assert version == 1 and knobs.beta == 0.25
+    assert sink.knob_versions == [(1, {"beta": 0.25})] and sink.points == [("text", 1, 3, {"loss/grpo": 0.5})]
+    assert sink.events == ["knobs version 1 applied at cycle 1, step 4"]
