@@ -34,6 +34,13 @@ class Settings(BaseSettings):
                                    "the broker's queues for this long lost a message (a broker restart): its next "
                                    "phase is re-sent once, then the run is crashed; 0 turns the watchdog off.")
 
+    checkpoint_url: str | None = Field(None, description="Checkpoint store: any fsspec URL (s3://bucket/prefix, "
+                                       "gs://..., file:///shared/folder). Units upload their checkpoints there and "
+                                       "download what they need, and the run's markers live in the API's database, "
+                                       "so worker hosts need no shared disk; default: checkpoints stay in data_dir.")
+    store_timeout_s: float = Field(60.0, gt=0, description="Seconds a checkpoint-store request may take (connect, "
+                                   "read) before the unit fails with an error naming the store.")
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'copd.db'}"
@@ -41,6 +48,11 @@ class Settings(BaseSettings):
     @property
     def model_cache(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def checkpoint_cache(self) -> Path:
+        """Checkpoints downloaded from the store, one folder per manifest sha256 (safe to delete)."""
+        return self.data_dir / "cache" / "checkpoints"
 
     @property
     def token_file(self) -> Path:
