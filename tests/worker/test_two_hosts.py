@@ -54,6 +54,21 @@ def test_two_hosts_without_a_shared_disk_finish_one_run(make_stack, redis_url, s
         assert keep[("text", "c1-rl")].optimizer is False and keep[("text", "c2-opd")].optimizer is True
         assert not any(c.deleted_at for c in ckpts)
 
+        # a fork from the experts' end of cycle 1, run by a third host with an empty disk: its starting
+        # checkpoints are copied inside the store, and host C downloads them
+        stack.stop("hostB", signal.SIGTERM)
+        host_c = make_stack().data_dir
+        stack.start_worker("hostC", COPD_DATA_DIR=str(host_c))
+        start = keep[("text", "c1-opd")]
+        fork = api.fork(run.id, start.id, name="two-hosts-fork")
+        api.start(fork.id)
+        stack.wait_status(api, fork.id, {"completed"}, 300)
+        got = api_points(api, fork.id)
+        assert sorted(s for (e, k, s) in got if e == "text" and k == "loss/grpo") == [4, 5, 6]
+        fork_ckpts = api.list_checkpoints(fork.id, limit=1000).items
+        assert fork_ckpts and all(c.uri.startswith(f"{url}/runs/{fork.id}/") for c in fork_ckpts)
+        assert verify_checkpoint(host_c / "runs" / str(fork.id) / "checkpoints" / "video" / "c1-opd")
+
     # anyone with the store reads the final model back, verified against the registered sha256
     store = CheckpointStore(url, tmp_path / "reader-cache")
     assert store.fetch(f"runs/{run.id}/final", tmp_path / "final") == final[0].sha256
@@ -65,7 +80,8 @@ def test_two_hosts_without_a_shared_disk_finish_one_run(make_stack, redis_url, s
 
 def test_a_store_that_is_down_crashes_the_run_with_a_clear_event(make_stack, s3_env):
     """Nothing listens at the store's endpoint: the first upload fails within COPD_STORE_TIMEOUT_S, the run is
-    `crashed` (resumable) and its event names the store and the operation."""
+    `crashed` (resumable) and its event names the store and the operation; once a store answers there,
+    `resume` completes the run."""
     from tests.worker.conftest import free_port
 
     down = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
@@ -83,3 +99,20 @@ def test_a_store_that_is_down_crashes_the_run_with_a_clear_event(make_stack, s3_
         assert any(f"checkpoint store s3://{S3_BUCKET}/down: " in m and f"runs/{run.id}/checkpoints/" in m
                    and "failed" in m and "copd runs resume" in m for m in errors), errors
         assert api.list_checkpoints(run.id).total == 0  # nothing registered that the store does not hold
+
+        # the store answers again (an S3 server on that address, with the bucket): resume finishes the run
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        endpoint = down["AWS_ENDPOINT_URL"]
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(endpoint.rsplit(":", 1)[1]), verbose=False)
+        server.start()
+        try:
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                         aws_secret_access_key="testing-secret").create_bucket(Bucket=S3_BUCKET)
+            api.action(run.id, "resume")
+            stack.wait_status(api, run.id, {"completed"}, 300)
+            final = api.list_checkpoints(run.id, final=True).items
+            assert [c.uri for c in final] == [f"s3://{S3_BUCKET}/down/runs/{run.id}/final"]
+        finally:
+            server.stop()
