@@ -18,7 +18,7 @@ from contract.spec import RunSpec
 from trainer.ckptfiles import drop_optimizer, folder_bytes, has_optimizer
 from worker.runfolder import RunFolder
 from worker.runs import run_root, spec_of
-from worker.store import CheckpointStore, NotInStore
+from worker.store import CheckpointStore, NotInStore, StoreError
 
 if TYPE_CHECKING:  # torch: not imported by the join or the CLI
     from trainer.checkpoint import CheckpointInfo
@@ -116,7 +116,13 @@ def _local(store: CheckpointStore | None, uri: str) -> tuple[Path | None, str | 
 
 def apply_plan(api: Client, run_id: int, plan: RetentionPlan, store: CheckpointStore | None,
                reason: str = "retention") -> None:
-    """Delete (store first, then this host's copy, then the record) and drop optimizer states."""
+    """Delete (store first, then this host's copy, then the record) and drop optimizer states. A checkpoint
+    held in a store other than this process's is refused before anything is touched."""
+    for h in plan.delete + plan.drop_optimizer:
+        uri = h.key.uri
+        if "://" in uri and not uri.startswith("file://") and (store is None or store.rel_of(uri) is None):
+            raise StoreError(f"checkpoint {h.key.id} is held in {uri.rsplit('/runs/', 1)[0]}: set "
+                             "COPD_CHECKPOINT_URL to that store (and its credentials) to collect it")
     for h in plan.delete:
         c: CheckpointPublic = h.key
         local, rel = _local(store, c.uri)

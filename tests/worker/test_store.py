@@ -109,3 +109,16 @@ def test_file_url_store(tmp_path):
 def test_an_unknown_protocol_is_a_one_line_error(tmp_path):
     with pytest.raises(StoreError, match="COPD_CHECKPOINT_URL=nosuch://x"):
         CheckpointStore("nosuch://x", tmp_path)
+
+
+def test_gc_refuses_a_checkpoint_held_in_another_store_before_touching_anything(tmp_path):
+    from types import SimpleNamespace
+
+    from contract.retention import Held, RetentionPlan
+    from worker.checkpoints import apply_plan
+
+    other = SimpleNamespace(id=7, uri="s3://elsewhere/prefix/runs/3/checkpoints/text/c1-rl")
+    plan = RetentionPlan(delete=[Held(other, "text", "c1-rl", 1, 3)])
+    for store in (None, _store(tmp_path, f"file://{tmp_path / 'mine'}")):
+        with pytest.raises(StoreError, match="checkpoint 7 is held in s3://elsewhere/prefix: set COPD_CHECKPOINT_URL"):
+            apply_plan(None, 3, plan, store)  # the API is never called: nothing was marked deleted
