@@ -122,3 +122,30 @@ def test_gc_refuses_a_checkpoint_held_in_another_store_before_touching_anything(
     for store in (None, _store(tmp_path, f"file://{tmp_path / 'mine'}")):
         with pytest.raises(StoreError, match="checkpoint 7 is held in s3://elsewhere/prefix: set COPD_CHECKPOINT_URL"):
             apply_plan(None, 3, plan, store)  # the API is never called: nothing was marked deleted
+
+
+def test_publish_drops_optimizer_state_for_none_and_uploads_under_the_run(tmp_path, monkeypatch):
+    from contract.settings import get_settings
+    from contract.spec import parse_spec
+    from trainer.checkpoint import CheckpointInfo
+    from worker.checkpoints import publish
+
+    monkeypatch.setenv("COPD_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        folder = tmp_path / "data" / "runs" / "4" / "checkpoints" / "text" / "c1-rl"
+        sha = _checkpoint(folder)
+        spec = parse_spec({"name": "r", "experts": [{"name": "text", "domain": "builtin:arith"},
+                                                    {"name": "video", "domain": "builtin:frames"}],
+                           "checkpoints": {"optimizer": "none"}})
+        store = _store(tmp_path, f"file://{tmp_path / 'shared'}")
+        info, optimizer = publish(store, spec, CheckpointInfo("text", 1, 3, str(folder), sha, 1))
+        assert optimizer is False and info.sha256 == manifest_sha(folder) != sha
+        assert info.uri == f"file://{tmp_path / 'shared'}/runs/4/checkpoints/text/c1-rl"
+        assert store.fetch("runs/4/checkpoints/text/c1-rl", tmp_path / "back") == info.sha256
+        assert not (tmp_path / "back" / "optimizer.pt").exists()
+        kept, optimizer = publish(None, spec.model_copy(update={"checkpoints": spec.checkpoints.model_copy(
+            update={"optimizer": "last"})}), CheckpointInfo("text", 1, 3, str(folder), info.sha256, 1))
+        assert kept.uri == str(folder) and kept.sha256 == info.sha256  # no store: the local path, as before
+    finally:
+        get_settings.cache_clear()
