@@ -21,6 +21,9 @@ from contract.schemas import (
     EventList,
     EventPublic,
     HeartbeatPublic,
+    LeasePublic,
+    MarkerList,
+    MarkerPublic,
     KnobsPublic,
     RunList,
     RunPublic,
@@ -235,10 +238,12 @@ class Client:
     # ---- checkpoints -----------------------------------------------------------------------------
     def register_checkpoint(self, run_id: int, *, expert: str, cycle: int, step: int, uri: str, sha256: str,
                             bytes: int, metrics: Mapping[str, float] | None = None,
-                            final: bool = False) -> CheckpointPublic:
+                            final: bool = False, optimizer: bool | None = None) -> CheckpointPublic:
         """Register (or update: same expert, cycle, step) a checkpoint record."""
         body = {"expert": expert, "cycle": cycle, "step": step, "uri": uri, "sha256": sha256, "bytes": bytes,
                 "metrics": dict(metrics or {}), "final": final}
+        if optimizer is not None:
+            body["optimizer"] = optimizer
         return CheckpointPublic.model_validate(self._call("POST", f"/runs/{run_id}/checkpoints", json=body,
                                                           idempotent=True))
 
@@ -253,6 +258,27 @@ class Client:
     def mark_final(self, run_id: int, checkpoint_id: int) -> CheckpointPublic:
         return CheckpointPublic.model_validate(
             self._call("POST", f"/runs/{run_id}/checkpoints/{checkpoint_id}/final", idempotent=True))
+
+    def mark_deleted(self, run_id: int, checkpoint_id: int, reason: str = "retention") -> CheckpointPublic:
+        """The checkpoint's files were deleted (the record stays, with `deleted_at`)."""
+        return CheckpointPublic.model_validate(self._call(
+            "POST", f"/runs/{run_id}/checkpoints/{checkpoint_id}/deleted", json={"reason": reason}, idempotent=True))
+
+    # ---- unit markers and leases (workers on hosts without a shared disk) ------------------------
+    def list_markers(self, run_id: int, kind: str | None = None) -> MarkerList:
+        return MarkerList.model_validate(self._call("GET", f"/runs/{run_id}/markers", params={"kind": kind}))
+
+    def put_marker(self, run_id: int, kind: str, name: str, body: Mapping[str, Any] | None = None, *,
+                   exclusive: bool = False) -> MarkerPublic:
+        """Record a marker (replacing it; with `exclusive`, 409 when it exists: a claim)."""
+        req = {"kind": kind, "name": name, "body": dict(body or {}), "exclusive": exclusive}
+        return MarkerPublic.model_validate(self._call("POST", f"/runs/{run_id}/markers", json=req,
+                                                      idempotent=not exclusive))
+
+    def lease(self, run_id: int, unit: str, worker: str, ttl_s: float) -> LeasePublic:
+        """Take or renew a unit's lease (granted: False while another worker's heartbeat of it is fresh)."""
+        req = {"unit": unit, "worker": worker, "ttl_s": ttl_s}
+        return LeasePublic.model_validate(self._call("POST", f"/runs/{run_id}/leases", json=req, idempotent=True))
 
     # ---- events ----------------------------------------------------------------------------------
     def post_event(self, run_id: int, message: str, level: str = "info", expert: str | None = None) -> EventPublic:

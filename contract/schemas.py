@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, 
 from contract import metrics as M
 from contract.spec import (
     AlertsSpec,
+    CheckpointsSpec,
     ComputeSpec,
     DistillSpec,
     DomainRef,
@@ -112,6 +113,7 @@ class RunPublic(BaseModel):
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     report_to: list[Tracker] = Field(default_factory=list)
     alerts: AlertsSpec = Field(default_factory=AlertsSpec)
+    checkpoints: CheckpointsSpec = Field(default_factory=CheckpointsSpec)
     seed: int
     status: RunStatus
     cycle: int
@@ -277,6 +279,7 @@ class CheckpointCreate(_In):
     metrics: dict[MetricKey, FiniteFloat] = Field(default_factory=dict, max_length=1000,
                                                   description="Summary metrics, e.g. `acc/text`.")
     final: bool = False
+    optimizer: bool | None = Field(None, description="Whether the files hold optimizer state (null: not said).")
 
 
 class CheckpointPublic(BaseModel):
@@ -293,11 +296,64 @@ class CheckpointPublic(BaseModel):
     final: bool
     metrics: dict[str, float]
     created_at: datetime
+    optimizer: bool | None = Field(None, description="Whether the files hold optimizer state (null: not said).")
+    deleted_at: datetime | None = Field(None, description="When retention (or `copd checkpoints gc`) deleted "
+                                        "the files; the record stays, for lineage.")
 
 
 class CheckpointList(BaseModel):
     items: list[CheckpointPublic]
     total: int
+
+
+class CheckpointDeleted(_In):
+    """Mark a checkpoint's files deleted (by retention or `copd checkpoints gc`)."""
+
+    reason: str = Field("retention", min_length=1, max_length=200)
+
+
+# ---- unit markers and leases: what every worker host must see (no shared disk needed)
+
+MarkerKind = Literal["done", "sent", "fork"]
+
+
+class MarkerCreate(_In):
+    """A run's marker: a unit done (`done`, name = unit id), a phase dispatched (`sent`, name = phase id),
+    the fork seeded (`fork`, name `fork`)."""
+
+    kind: MarkerKind
+    name: str = Field(min_length=1, max_length=160, pattern=r"^[A-Za-z0-9_/.\-]+$")
+    body: dict[str, Any] = Field(default_factory=dict)
+    exclusive: bool = Field(False, description="409 when the marker exists already (a claim), instead of "
+                                               "replacing it.")
+
+
+class MarkerPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    kind: str
+    name: str
+    body: dict[str, Any]
+    created_at: datetime
+
+
+class MarkerList(BaseModel):
+    items: list[MarkerPublic]
+
+
+class LeaseRequest(_In):
+    """Take (or renew) the lease of a unit: granted when no other worker's heartbeat of it is younger than
+    `ttl_s` seconds. The unit's heartbeats keep it; its `done` heartbeat releases it."""
+
+    unit: Unit
+    worker: WorkerName
+    ttl_s: float = Field(30.0, gt=0, le=86_400)
+
+
+class LeasePublic(BaseModel):
+    granted: bool
+    holder: str
+    last_seen: datetime
 
 
 # ---- events

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
                                     "'acc_mean < 0.3 after cycle 2; rollout/logp_gap > 0.5'.")
     export_interval_s: float = Field(2.0, ge=0, description="Seconds between the API's passes over new events, "
                                      "statuses and knob changes (trackers and alerts); 0 turns the passes off.")
+    checkpoint_url: str | None = Field(None, description="Checkpoint store: any fsspec URL (s3://bucket/prefix, "
+                                       "gs://..., file:///shared/folder). Units upload their checkpoints there and "
+                                       "download what they need, and the run's markers live in the API's database, "
+                                       "so worker hosts need no shared disk; default: checkpoints stay in data_dir.")
+    store_timeout_s: float = Field(60.0, gt=0, description="Seconds a checkpoint-store request may take (connect, "
+                                   "read) before the unit fails with an error naming the store.")
 
     @property
     def db_url(self) -> str:
@@ -58,6 +64,11 @@ class Settings(BaseSettings):
     @property
     def model_cache(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def checkpoint_cache(self) -> Path:
+        """Checkpoints downloaded from the store, one folder per manifest sha256 (safe to delete)."""
+        return self.data_dir / "cache" / "checkpoints"
 
     @property
     def token_file(self) -> Path:

@@ -406,6 +406,25 @@ class TinyModelSpec(_Model):
         return self
 
 
+class CheckpointsSpec(_Model):
+    """Retention: which checkpoints a run keeps (docs/lab-server.md, "Checkpoint retention")."""
+
+    keep_last: int | None = Field(None, ge=1, le=1_000_000, description="Keep the weights of each policy's "
+                                  "newest N checkpoints; null = every checkpoint's weights are kept.")
+    keep_every: int | None = Field(None, ge=1, le=1_000_000, description="With keep_last: also keep each "
+                                   "policy's end of every K-th cycle (c<K>-opd, c<2K>-opd, ...).")
+    optimizer: Literal["last", "all", "none"] = Field("last", description="Optimizer state: `last` keeps it in "
+                                                      "each policy's newest checkpoint only (what the next unit "
+                                                      "continues from), `all` in every checkpoint, `none` in none "
+                                                      "(each unit starts a fresh AdamW).")
+
+    @model_validator(mode="after")
+    def _every_needs_last(self) -> "CheckpointsSpec":
+        if self.keep_every is not None and self.keep_last is None:
+            raise ValueError("keep_every: needs keep_last (without keep_last every checkpoint is kept)")
+        return self
+
+
 class RunSpec(_Model):
     """A whole run: base model, strategy, experts and their domains, schedule and settings."""
 
@@ -429,6 +448,7 @@ class RunSpec(_Model):
                                      "wandb, mlflow, tensorboard (besides the deployment's COPD_REPORT_TO).")
     alerts: AlertsSpec = Field(default_factory=AlertsSpec, description="Webhooks told of the run's end and of "
                                "metric rules (besides the deployment's COPD_ALERT_*).")
+    checkpoints: CheckpointsSpec = Field(default_factory=CheckpointsSpec)
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
     @field_validator("experts")

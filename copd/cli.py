@@ -25,6 +25,8 @@ spec_app = typer.Typer(no_args_is_help=True, help="Run specs: the resolved spec 
 app.add_typer(spec_app, name="spec")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets of a spec: check the field mapping before training.")
 app.add_typer(data_app, name="data")
+from copd.checkpoints import checkpoints_app  # noqa: E402  (its own module: `copd checkpoints list|gc`)
+app.add_typer(checkpoints_app, name="checkpoints")
 
 SET_HELP = "Override a spec field, dotted: --set grpo.lr=1e-5 --set opd.beta=0.5 --set experts.0.domain.path=x.parquet."
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from server import rules
 from server.errors import Conflict, Invalid, NotFound, invalid_from, one_line
-from server.models import Checkpoint, Event, Expert, Heartbeat, KnobVersion, Metric, Run, Token, utcnow
+from server.models import Checkpoint, Event, Expert, Heartbeat, KnobVersion, Metric, Run, Token, UnitMarker, utcnow
 from server.schemas import CheckpointCreate, MetricPointIn, MetricPointOut, ProgressReport, Series
 from contract.spec import RunSpec, data_path_errors, knobs_from_spec, validate_knob_changes
 from contract.vocab import COMPLETED, DRAFT, RESERVED_EXPERT_NAMES, RUNNING
@@ -338,7 +338,9 @@ def register_checkpoint(session: Session, *, run_id: int, body: CheckpointCreate
         _event(session, run_id, f"checkpoint {body.expert} cycle {body.cycle} step {body.step}", expert=body.expert)
     else:
         for k, v in fields.items():
-            setattr(ckpt, k, v)
+            if k != "optimizer" or v is not None:
+                setattr(ckpt, k, v)
+        ckpt.deleted_at = None  # written again (a unit that ran again): its files are there
     if body.final:
         session.flush()
         _unmark_other_finals(session, ckpt)
@@ -376,14 +378,29 @@ def mark_final(session: Session, *, run_id: int, checkpoint_id: int) -> Checkpoi
     return ckpt
 
 
+def mark_deleted(session: Session, *, run_id: int, checkpoint_id: int, reason: str) -> Checkpoint:
+    """Record that a checkpoint's files were deleted (idempotent; a final checkpoint is never deleted: 409)."""
+    ckpt = get_checkpoint(session, run_id=run_id, checkpoint_id=checkpoint_id)
+    if ckpt.final:
+        raise Conflict(f"checkpoint_id: checkpoint {checkpoint_id} is final; final models are always kept")
+    if ckpt.deleted_at is None:
+        ckpt.deleted_at = utcnow()
+        _event(session, run_id, f"checkpoint {ckpt.id} ({ckpt.expert} cycle {ckpt.cycle} step {ckpt.step}) "
+               f"deleted ({reason})", expert=ckpt.expert)
+        session.commit()
+    return ckpt
+
+
 def list_checkpoints(session: Session, *, run_id: int, expert: str | None, final: bool | None,
-                     limit: int, offset: int) -> tuple[list[Checkpoint], int]:
+                     limit: int, offset: int, deleted: bool | None = None) -> tuple[list[Checkpoint], int]:
     get_run(session, run_id=run_id)
     where = [Checkpoint.run_id == run_id]
     if expert is not None:
         where.append(Checkpoint.expert == expert)
     if final is not None:
         where.append(Checkpoint.final.is_(final))
+    if deleted is not None:
+        where.append(Checkpoint.deleted_at.is_not(None) if deleted else Checkpoint.deleted_at.is_(None))
     return _page(session, select(Checkpoint).where(*where).order_by(Checkpoint.id), limit, offset)
 
 
@@ -501,3 +518,60 @@ def delete_token(session: Session, *, token_id: int, protected: Iterable[str]) -
         raise Conflict(f"token_id: '{tok.name}' is the admin token; change COPD_API_TOKEN or the token file instead")
     session.delete(tok)
     session.commit()
+
+
+# ---- unit markers and leases (worker hosts without a shared disk)
+
+
+def list_markers(session: Session, *, run_id: int, kind: str | None) -> list[UnitMarker]:
+    get_run(session, run_id=run_id)
+    where = [UnitMarker.run_id == run_id] + ([UnitMarker.kind == kind] if kind else [])
+    return list(session.scalars(select(UnitMarker).where(*where).order_by(UnitMarker.id)))
+
+
+def put_marker(session: Session, *, run_id: int, kind: str, name: str, body: dict[str, Any],
+               exclusive: bool) -> tuple[UnitMarker, bool]:
+    """Insert or replace a marker; `exclusive`: 409 when it exists (a claim). Returns (marker, created)."""
+    get_run(session, run_id=run_id)
+    where = (UnitMarker.run_id == run_id, UnitMarker.kind == kind, UnitMarker.name == name)
+    marker = session.scalar(select(UnitMarker).where(*where))
+    if marker is not None:
+        if exclusive:
+            raise Conflict(f"name: marker {kind} '{name}' exists (by {marker.body.get('by', '?')})")
+        marker.body = body
+        session.commit()
+        return marker, False
+    marker = UnitMarker(run_id=run_id, kind=kind, name=name, body=body)
+    session.add(marker)
+    try:
+        session.commit()
+    except IntegrityError:  # the same marker inserted concurrently
+        session.rollback()
+        if exclusive:
+            raise Conflict(f"name: marker {kind} '{name}' was created concurrently") from None
+        return put_marker(session, run_id=run_id, kind=kind, name=name, body=body, exclusive=False)
+    return marker, True
+
+
+def take_lease(session: Session, *, run_id: int, unit: str, worker: str, ttl_s: float) -> tuple[Heartbeat, bool]:
+    """The unit's heartbeat row is its lease: granted (and renewed, as a heartbeat) unless another worker's
+    beat of it is younger than `ttl_s`; a `done` heartbeat deletes the row, releasing it."""
+    get_run(session, run_id=run_id)
+    hb = session.scalar(select(Heartbeat).where(Heartbeat.run_id == run_id, Heartbeat.unit == unit)
+                        .with_for_update())
+    now = utcnow()
+    if hb is not None and hb.worker != worker and (now - hb.last_seen).total_seconds() < ttl_s:
+        session.rollback()
+        return hb, False
+    if hb is None:
+        hb = Heartbeat(run_id=run_id, unit=unit, worker=worker, last_seen=now)
+        session.add(hb)
+    else:
+        hb.worker, hb.last_seen = worker, now
+    try:
+        session.commit()
+    except IntegrityError:  # another worker took it at the same moment
+        session.rollback()
+        hb = session.scalars(select(Heartbeat).where(Heartbeat.run_id == run_id, Heartbeat.unit == unit)).one()
+        return hb, hb.worker == worker
+    return hb, True

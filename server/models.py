@@ -162,6 +162,22 @@ class Checkpoint(Base):
     final: Mapped[bool] = mapped_column(default=False)
     metrics: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    optimizer: Mapped[bool | None]           # the files hold optimizer state (null: the worker did not say)
+    deleted_at: Mapped[datetime | None]      # retention deleted the files; the row stays for lineage
+
+
+class UnitMarker(Base):
+    """What every worker host must see of a run: units done, phases dispatched, the fork seeded."""
+
+    __tablename__ = "unit_markers"
+    __table_args__ = (UniqueConstraint("run_id", "kind", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(160))
+    body: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Event(Base):

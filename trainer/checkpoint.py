@@ -17,10 +17,18 @@ from typing import Any, Callable
 
 import torch
 
+# Torch-free folder operations (the join process and the CLI use them), re-exported here.
+from trainer.ckptfiles import (  # noqa: F401
+    MANIFEST,
+    _fsync_dir,
+    drop_optimizer,
+    has_optimizer,
+    manifest_sha,
+    sha256_file,
+    verify_checkpoint,
+)
 # A full disk: torch-free, so that a join process can tell it too (re-exported here, where checkpoints are written).
 from trainer.diskspace import LOW_SPACE, DiskFull, disk_full_error  # noqa: F401
-
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -34,23 +42,6 @@ class CheckpointInfo:
     sha256: str      # hash of the manifest: one value that identifies the whole checkpoint
     bytes: int
     final: bool = False
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(folder: Path, model, tokenizer, optimizer=None, state: dict[str, Any] | None = None) -> tuple[str, int]:
@@ -108,19 +99,8 @@ def _seal(tmp: Path, state: dict[str, Any] | None) -> tuple[dict[str, Any], str]
     return files, manifest
 
 
-def verify_checkpoint(folder: Path) -> bool:
-    """True when every file listed in the manifest is present with its recorded hash."""
-    folder = Path(folder)
-    try:
-        files = json.loads((folder / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return all((folder / n).is_file() and sha256_file(folder / n) == f["sha256"] for n, f in files.items())
 
 
-def manifest_sha(folder: Path) -> str:
-    """The checkpoint's identity: sha256 of its manifest."""
-    return hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()
 
 
 def read_state(folder: Path) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,6 +20,9 @@ from integrations.local import LocalIntegrations
 from integrations.runs import trackers_of
 from trainer.reporter import JsonlReporter, truncate_metrics
 from contract.plan import Unit, plan
+from contract.retention import Held, RetentionPlan, needed_by_units, plan_retention
+from trainer.ckptfiles import MANIFEST, drop_optimizer, has_optimizer
+from trainer.checkpoint import read_state
 from contract.spec import RunSpec, knobs_from_spec
 from trainer.units import RunContext, run_unit
 
@@ -99,6 +104,7 @@ def train_local(spec: RunSpec, out: Path, model_cache: Path, *, resume: bool = F
                 display.unit_done(unit)
             if unit.kind == "eval" and unit.cycle > 0:
                 _drop_phase_one_checkpoints(ctx, unit)
+            apply_retention(ctx, state.completed)
         status = "completed" if len(state.completed) == len(units) else "running"
     finally:
         if sink is not None:
@@ -107,6 +113,26 @@ def train_local(spec: RunSpec, out: Path, model_cache: Path, *, resume: bool = F
         if display is not None:
             display.stop()
     return state
+
+
+def apply_retention(ctx: RunContext, completed: list[str]) -> RetentionPlan:
+    """The spec's `checkpoints:` policy over the run folder (contract.retention): never what a unit not done
+    reads, never `final/`."""
+    held = []
+    root = ctx.layout.root / "checkpoints"
+    for folder in sorted(root.glob("*/c*-*")) if root.is_dir() else []:
+        m = re.fullmatch(r"c(\d+)-[a-z]+", folder.name)
+        if m and (folder / MANIFEST).is_file():
+            step = int(read_state(folder).get("step", 0)) if (folder / "trainer_state.json").is_file() else 0
+            held.append(Held(folder, folder.parent.name, folder.name, int(m.group(1)), step,
+                             optimizer=has_optimizer(folder)))
+    needed, with_optimizer = needed_by_units(ctx.spec, completed)
+    plan = plan_retention(ctx.spec.checkpoints, held, needed=needed, with_optimizer=with_optimizer)
+    for h in plan.delete:
+        shutil.rmtree(h.key, ignore_errors=True)
+    for h in plan.drop_optimizer:
+        drop_optimizer(h.key)
+    return plan
 
 
 def _drop_phase_one_checkpoints(ctx: RunContext, unit: Unit) -> None:

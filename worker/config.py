@@ -23,6 +23,9 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval_s: float = Field(5.0, gt=0, description="Seconds between a running unit's heartbeats.")
     stop_check_s: float = Field(1.0, ge=0, description="How stale the cached run status may be when a step "
                                 "boundary asks whether the run was cancelled.")
+    lease_ttl_s: float = Field(30.0, gt=0, description="With a checkpoint store: a unit's lease lapses when its "
+                               "holder's last heartbeat is older than this (another host then takes the unit over); "
+                               "keep it several heartbeat intervals long.")
     api_retry_s: float = Field(120.0, ge=0, description="How long a worker waits for an unreachable API.")
     step_delay_s: float = Field(0.0, ge=0, description="Testing aid: sleep this long after every step but a "
                                 "unit's last (widens the window in which a test kills a worker mid-unit).")

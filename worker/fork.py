@@ -7,7 +7,6 @@ with cycle c+1. Every expert of the fork must exist in the parent (their peers a
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -16,10 +15,10 @@ from contract.client import Client
 from contract.schemas import RunPublic
 from contract.plan import plan
 from contract.spec import RunSpec
-from worker.runfolder import RunFolder, write_atomic
-from worker.runs import run_root
+from worker.runfolder import RunFolder
+from worker.runs import checkpoint_store, run_root
 
-SEEDED = "fork.json"
+SEEDED = "fork.json"  # the seed marker's file (the API's `fork` marker with a checkpoint store)
 
 
 class ForkError(ValueError):
@@ -28,7 +27,7 @@ class ForkError(ValueError):
 
 def seed_fork(api: Client, run: RunPublic, spec: RunSpec, folder: RunFolder) -> None:
     """Once per forked run: the parent's checkpoints at the fork point, and done markers before it."""
-    if run.parent_checkpoint_id is None or (folder.root / SEEDED).exists():
+    if run.parent_checkpoint_id is None or folder.seeded():
         return
     parent_id = int(run.parent_run_id)
     ckpt = api.get_checkpoint(parent_id, run.parent_checkpoint_id)
@@ -39,20 +38,36 @@ def seed_fork(api: Client, run: RunPublic, spec: RunSpec, folder: RunFolder) -> 
     cycle, kind = int(m.group(1)), m.group(2)
     if cycle > spec.schedule.cycles:
         raise ForkError(f"schedule.cycles: the fork has {spec.schedule.cycles} cycles but starts after cycle {cycle}")
-    parent = run_root(parent_id) / "checkpoints"
+    store = checkpoint_store()
     for expert in spec.expert_names:
-        src = parent / expert / f"c{cycle}-{kind}"
-        if not (src / "manifest.json").exists():
-            raise ForkError(f"run {parent_id} has no checkpoint of expert '{expert}' at {src.name} ({src})")
-        dst = folder.root / "checkpoints" / expert / src.name
-        if not dst.exists():
-            tmp = dst.with_name(f".{dst.name}.fork")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src, tmp)
-            tmp.rename(dst)
+        if store is not None:
+            _copy_in_store(store, parent_id, run.id, expert, f"c{cycle}-{kind}")
+        else:
+            _copy_local(parent_id, folder, expert, f"c{cycle}-{kind}")
     done_kinds = {"rl"} if kind == "rl" else {"rl", "opd"}
     for unit in plan(spec):
         if unit.kind != "merge" and (unit.cycle < cycle or (unit.cycle == cycle and unit.kind in done_kinds)):
             folder.mark_done(unit.id, {"forked_from": {"run": parent_id, "checkpoint": ckpt.id}})
-    write_atomic(folder.root / SEEDED, json.dumps({"parent_run_id": parent_id, "checkpoint_id": ckpt.id,
-                                                   "cycle": cycle, "phase": kind}))
+    folder.mark_seeded({"parent_run_id": parent_id, "checkpoint_id": ckpt.id, "cycle": cycle, "phase": kind})
+
+
+def _copy_local(parent_id: int, folder: RunFolder, expert: str, name: str) -> None:
+    src = run_root(parent_id) / "checkpoints" / expert / name
+    if not (src / "manifest.json").exists():
+        raise ForkError(f"run {parent_id} has no checkpoint of expert '{expert}' at {name} ({src})")
+    dst = folder.root / "checkpoints" / expert / name
+    if not dst.exists():
+        tmp = dst.with_name(f".{dst.name}.fork")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        tmp.rename(dst)
+
+
+def _copy_in_store(store, parent_id: int, fork_id: int, expert: str, name: str) -> None:
+    """The parent's checkpoint copied to the fork's place in the store (manifest last), where every host finds it."""
+    src, dst = (f"runs/{r}/checkpoints/{expert}/{name}" for r in (parent_id, fork_id))
+    if store.manifest(src) is None:
+        raise ForkError(f"run {parent_id} has no checkpoint of expert '{expert}' at {name} in the store "
+                        f"{store.uri(src)} (deleted by retention?)")
+    if store.manifest(dst) != store.manifest(src):
+        store.copy(src, dst)

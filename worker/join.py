@@ -16,7 +16,7 @@ from contract.spec import RunSpec
 from worker.fork import ForkError, seed_fork
 from worker.runfolder import Phase, RunFolder, unit_weight, write_atomic
 from contract.vocab import COMPLETED, FAILED, MERGED, QUEUED, RUNNABLE, RUNNING
-from worker.runs import run_root, spec_of
+from worker.runs import checkpoint_store, run_folder, run_root, spec_of
 
 log = logging.getLogger("copd.worker")
 
@@ -28,7 +28,7 @@ def advance_run(api: Client, run_id: int, after: str | None, *, by: str,
     if run.status not in RUNNABLE:  # paused, cancelled, crashed, over: enqueue nothing
         return f"run {run_id} is {run.status}: nothing dispatched"
     spec = spec_of(run)
-    folder = RunFolder(run_root(run_id))
+    folder = run_folder(api, run_id)
     if after is not None and not folder.phase_done(spec, after):
         return f"run {run_id}: {after} has units that stopped early: nothing dispatched"
     if run.status == QUEUED:
@@ -47,12 +47,16 @@ def advance_run(api: Client, run_id: int, after: str | None, *, by: str,
     phase = folder.next_phase(spec)
     if phase is None:
         finish_run(api, run_id, spec)
+        keep_within_retention(api, run_id, spec, folder)
         return f"run {run_id}: completed"
     if not folder.claim(phase.id, by, force=after is None):
         return f"run {run_id}: {phase.id} was dispatched by another join"
+    if after is not None:
+        keep_within_retention(api, run_id, spec, folder)
     units = plan(spec)
     total = sum(unit_weight(spec, u) for u in units) or 1
-    done = sum(unit_weight(spec, u) for u in units if folder.is_done(u.id)) / total
+    finished = folder.done(spec)
+    done = sum(unit_weight(spec, u) for u in units if u.id in finished) / total
     _report(api.report_progress, run_id, cycle=min(phase.cycle, spec.schedule.cycles), phase=phase.kind,
             progress=min(done, 0.99))
     dispatch(run_id, phase)
@@ -68,6 +72,25 @@ def finish_run(api: Client, run_id: int, spec: RunSpec) -> None:
         if group:
             api.mark_final(run_id, max(group, key=lambda c: (c.cycle, c.step, c.id)).id)
     _report(api.report_status, run_id, COMPLETED)
+
+
+def keep_within_retention(api: Client, run_id: int, spec: RunSpec, folder: RunFolder) -> None:
+    """Apply the spec's `checkpoints:` policy after a phase; a failure is a warning event, never the run's."""
+    from worker.checkpoints import apply_plan, retention_plan
+    from worker.store import StoreError
+
+    try:
+        plan_ = retention_plan(api, run_id, spec, folder)
+        if plan_:
+            apply_plan(api, run_id, plan_, checkpoint_store())
+            log.info("run %d: retention deleted %d checkpoints, dropped %d optimizer states", run_id,
+                     len(plan_.delete), len(plan_.drop_optimizer))
+    except Exception as err:  # noqa: BLE001 - the store, the API, a bug: reported, and the run goes on
+        log.warning("run %d: retention not applied: %s", run_id, err, exc_info=not isinstance(err, (StoreError, ApiError)))
+        try:
+            api.post_event(run_id, f"retention not applied (tried again after the next phase): {err}", level="warning")
+        except ApiError:
+            pass
 
 
 def _report(call, run_id: int, *args, **kwargs) -> None:

@@ -66,13 +66,15 @@ class RestReporter:
 
     def __init__(self, api: Client, run_id: int, unit: Unit, *, cycles: int, applied: set[int],
                  progress_span: tuple[float, float], stop_check_s: float, step_delay_s: float,
-                 shutting_down: Callable[[], bool], heartbeats: Heartbeats | None = None) -> None:
+                 shutting_down: Callable[[], bool], heartbeats: Heartbeats | None = None,
+                 publish: Callable[[CheckpointInfo], tuple[CheckpointInfo, bool | None]] | None = None) -> None:
         self.api, self.run_id, self.unit, self.cycles = api, run_id, unit, cycles
         self.applied = applied                # knob versions already reported for this run (by this process)
         self.progress_span = progress_span    # (share of the run done before this unit, this unit's share)
         self.stop_check_s, self.step_delay_s = stop_check_s, step_delay_s
         self.shutting_down, self.heartbeats = shutting_down, heartbeats
         self.checkpoints: list[int] = []      # ids of the checkpoint records this unit registered
+        self.publish = publish                # retention's optimizer rule, the upload to the checkpoint store
         self._knobs: tuple[int, Knobs] | None = None
         self._status: tuple[float, str] = (0.0, RUNNING)
 
@@ -94,8 +96,12 @@ class RestReporter:
                        level="warning", expert=expert)
 
     def checkpoint(self, info: CheckpointInfo) -> None:
+        optimizer = None
+        if self.publish is not None:
+            info, optimizer = self.publish(info)
         rec = self.api.register_checkpoint(self.run_id, expert=info.expert, cycle=info.cycle, step=info.step,
-                                           uri=info.uri, sha256=info.sha256, bytes=info.bytes, final=info.final)
+                                           uri=info.uri, sha256=info.sha256, bytes=info.bytes, final=info.final,
+                                           optimizer=optimizer)
         self.checkpoints.append(rec.id)
 
     def event(self, message: str, *, level: str = "info", expert: str | None = None) -> None:

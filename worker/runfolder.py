@@ -7,6 +7,11 @@ Everything here is a file under `<data_dir>/runs/<run_id>/` (a shared folder in 
                               process dies (SIGKILL too), so a second delivery waits for a live holder and
                               takes over from a dead one;
   - `units/<phase>.sent`    — the join that dispatched a phase, so a duplicate join sends nothing.
+
+With a checkpoint store (COPD_CHECKPOINT_URL) worker hosts share no disk, so the same markers live in the
+API's database instead (`ApiRunFolder`): done and sent markers at /runs/{id}/markers, and the unit's lock is
+a lease on its heartbeat row (/runs/{id}/leases), which the unit's heartbeats renew and its last one drops;
+a holder that died is taken over once its last beat is older than COPD_LEASE_TTL_S.
 """
 
 from __future__ import annotations
@@ -101,11 +106,21 @@ class RunFolder:
 
     def next_phase(self, spec: RunSpec) -> Phase | None:
         """The first phase with a unit not done; None when the whole run is done."""
-        return next((p for p in phases(spec) if not all(self.is_done(u.id) for u in p.units)), None)
+        done = self.done(spec)
+        return next((p for p in phases(spec) if not all(u.id in done for u in p.units)), None)
 
     def phase_done(self, spec: RunSpec, phase_id: str) -> bool:
         phase = next((p for p in phases(spec) if p.id == phase_id), None)
-        return phase is not None and all(self.is_done(u.id) for u in phase.units)
+        done = self.done(spec)
+        return phase is not None and all(u.id in done for u in phase.units)
+
+    # ---- the fork's seed -------------------------------------------------------------------------
+    def seeded(self) -> bool:
+        """The fork's parent checkpoints were copied (worker.fork)."""
+        return (self.root / "fork.json").exists()
+
+    def mark_seeded(self, body: dict[str, Any]) -> None:
+        write_atomic(self.root / "fork.json", json.dumps(body))
 
     # ---- dispatch claims -------------------------------------------------------------------------
     def claim(self, phase_id: str, by: str, *, force: bool = False) -> bool:
@@ -126,7 +141,8 @@ class RunFolder:
 
     # ---- unit locks ------------------------------------------------------------------------------
     @contextmanager
-    def lock(self, unit_id: str, *, wait: Callable[[], bool], poll_s: float = 1.0) -> Iterator[None]:
+    def lock(self, unit_id: str, *, wait: Callable[[], bool], poll_s: float = 1.0,
+             worker: str = "worker") -> Iterator[None]:
         """Hold the unit's lock; while another live process holds it, call `wait()` every `poll_s` seconds
         (it returns False to give up, which raises LockAbandoned)."""
         self.units_dir.mkdir(parents=True, exist_ok=True)
@@ -151,3 +167,61 @@ class RunFolder:
 
 class LockAbandoned(Exception):
     """Gave up waiting for another worker's lock on a unit."""
+
+
+class ApiRunFolder(RunFolder):
+    """The same markers in the API's database, for worker hosts that share no disk (a checkpoint store)."""
+
+    def __init__(self, root: Path, api, run_id: int, *, lease_ttl_s: float = 30.0) -> None:
+        super().__init__(root)
+        self.api, self.run_id, self.lease_ttl_s = api, run_id, lease_ttl_s
+
+    def _markers(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {m.name: m.body for m in self.api.list_markers(self.run_id, kind=kind).items}
+
+    def is_done(self, unit_id: str) -> bool:
+        return unit_id in self._markers("done")
+
+    def mark_done(self, unit_id: str, summary: dict[str, Any]) -> None:
+        self.api.put_marker(self.run_id, "done", unit_id, json.loads(json.dumps({"unit": unit_id, **summary},
+                                                                                default=str)))
+
+    def done(self, spec: RunSpec) -> set[str]:
+        marked = self._markers("done")
+        return {u.id for u in plan(spec) if u.id in marked}
+
+    def seeded(self) -> bool:
+        return "fork" in self._markers("fork")
+
+    def mark_seeded(self, body: dict[str, Any]) -> None:
+        self.api.put_marker(self.run_id, "fork", "fork", body)
+
+    def claim(self, phase_id: str, by: str, *, force: bool = False) -> bool:
+        from contract.client import ApiError
+
+        body = {"phase": phase_id, "by": by, "time": time.time()}
+        try:
+            self.api.put_marker(self.run_id, "sent", phase_id, body, exclusive=not force)
+            return True
+        except ApiError as err:
+            if err.status != 409:
+                raise
+            # ours after all when a retried request had reached the server
+            return self._markers("sent").get(phase_id, {}).get("by") == by
+
+    @contextmanager
+    def lock(self, unit_id: str, *, wait: Callable[[], bool], poll_s: float = 1.0,
+             worker: str = "worker") -> Iterator[None]:
+        while not self.api.lease(self.run_id, unit_id, worker, self.lease_ttl_s).granted:
+            if not wait():
+                raise LockAbandoned(unit_id)
+            time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            try:  # released (a unit that ran already sent this as its last heartbeat)
+                self.api.heartbeat(self.run_id, unit_id, worker, done=True)
+            except Exception as err:  # the lease then lapses after its ttl
+                import logging
+                logging.getLogger("copd.worker").warning("run %d unit %s: lease not released (%s)",
+                                                         self.run_id, unit_id, err)

@@ -31,6 +31,32 @@ def run_root(run_id: int) -> Path:
     return get_settings().data_dir / "runs" / str(run_id)
 
 
+_stores: dict[str, object] = {}
+
+
+def checkpoint_store():
+    """This process's CheckpointStore (COPD_CHECKPOINT_URL), or None when checkpoints stay in the data dir."""
+    from worker.store import CheckpointStore
+
+    settings = get_settings()
+    if not settings.checkpoint_url:
+        return None
+    with _lock:
+        if settings.checkpoint_url not in _stores:
+            _stores[settings.checkpoint_url] = CheckpointStore.from_settings(settings)
+        return _stores[settings.checkpoint_url]
+
+
+def run_folder(api, run_id: int):
+    """The run's markers: in the API's database with a checkpoint store (hosts share no disk), else files."""
+    from worker.config import WorkerSettings
+    from worker.runfolder import ApiRunFolder, RunFolder
+
+    if get_settings().checkpoint_url:
+        return ApiRunFolder(run_root(run_id), api, run_id, lease_ttl_s=WorkerSettings().lease_ttl_s)
+    return RunFolder(run_root(run_id))
+
+
 def context_for(run_id: int, spec: RunSpec, log_fn=print):
     """The run's trainer RunContext, kept across tasks: its models stay in memory keyed by checkpoint hash,
     so the next unit of the same expert (or the same teachers) does not load them from disk again."""

@@ -13,8 +13,10 @@ from worker.config import WorkerSettings
 from worker.reporting import Heartbeats, RestReporter, api_cycle
 from worker.runfolder import LockAbandoned, RunFolder, unit_of, unit_weight
 from contract.vocab import FAILED, RUNNABLE
-from worker.runs import context_for, run_root, spec_of
+from worker.runs import checkpoint_store, context_for, run_folder, run_root, spec_of
 from trainer.diskspace import disk_full_error
+from worker.checkpoints import fetch_inputs, publish
+from worker.store import NotInStore, StoreError
 
 log = logging.getLogger("copd.worker")
 
@@ -29,7 +31,7 @@ def execute_unit(api: Client, run_id: int, unit_id: str, *, worker: str, cfg: Wo
                  shutting_down: Callable[[], bool]) -> dict[str, Any]:
     """Run `unit_id` of `run_id` unless it is done or the run stopped; returns a small JSON summary."""
     run = api.get_run(run_id)
-    folder = RunFolder(run_root(run_id))
+    folder = run_folder(api, run_id)
     if folder.is_done(unit_id):
         return {"unit": unit_id, "skipped": "done"}
     if run.status not in RUNNABLE:  # paused: the unit boundary is here; cancelled, crashed, over: nothing to do
@@ -42,7 +44,7 @@ def execute_unit(api: Client, run_id: int, unit_id: str, *, worker: str, cfg: Wo
         return not folder.is_done(unit_id) and api.get_run(run_id).status in RUNNABLE
 
     try:
-        with folder.lock(unit_id, wait=keep_waiting, poll_s=2.0):
+        with folder.lock(unit_id, wait=keep_waiting, poll_s=2.0, worker=worker):
             if folder.is_done(unit_id):
                 return {"unit": unit_id, "skipped": "done"}
             return _run_locked(api, run_id, spec, unit_of(spec, unit_id), folder, worker, cfg, shutting_down)
@@ -57,13 +59,18 @@ def _run_locked(api, run_id, spec, unit: Unit, folder: RunFolder, worker: str, c
     cycles = spec.schedule.cycles
     units = plan(spec)
     total = sum(unit_weight(spec, u) for u in units) or 1
-    before = sum(unit_weight(spec, u) for u in units if folder.is_done(u.id)) / total
+    done = folder.done(spec)
+    before = sum(unit_weight(spec, u) for u in units if u.id in done) / total
+    store = checkpoint_store()
     with Heartbeats(api, run_id, unit.id, worker, cfg.heartbeat_interval_s) as hb:
+        if store is not None:  # what this unit reads, from the store (a no-op for what this host holds)
+            fetch_inputs(store, run_id, spec, unit)
         ctx = context_for(run_id, spec, log_fn=_run_log(api, run_id))  # e.g. building the tiny base model
         reporter = RestReporter(api, run_id, unit, cycles=cycles, applied=_applied.setdefault(run_id, set()),
                                 progress_span=(before, unit_weight(spec, unit) / total),
                                 stop_check_s=cfg.stop_check_s, step_delay_s=cfg.step_delay_s,
-                                shutting_down=shutting_down, heartbeats=hb)
+                                shutting_down=shutting_down, heartbeats=hb,
+                                publish=lambda info: publish(store, spec, info))
         _expert_status(api, run_id, unit, cycles, "running", before)
         try:
             result = run_unit(ctx, unit, reporter)
@@ -110,8 +117,14 @@ def report_failure(api: Client, run_id: int, unit_id: str | None, err: BaseExcep
     unit = Unit.parse(unit_id) if unit_id else None
     tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
     full = disk_full_error(err, run_root(run_id))
+    # a store that failed is transient (resume once it answers); a checkpoint missing from it is not
+    store_err = next((e for e in (err, err.__cause__) if isinstance(e, StoreError) and not isinstance(e, NotInStore)),
+                     None)
     if full is not None:
         message = (f"{unit_id or 'scheduling'} stopped: {full}; free space there, then resume the run "
+                   f"(`copd runs resume {run_id}`): the unit runs again from its input checkpoint")
+    elif store_err is not None:
+        message = (f"{unit_id or 'scheduling'} stopped: {store_err}; once the store answers, resume the run "
                    f"(`copd runs resume {run_id}`): the unit runs again from its input checkpoint")
     else:
         message = f"{unit_id or 'scheduling'} failed: {type(err).__name__}: {err}"
@@ -125,7 +138,7 @@ def report_failure(api: Client, run_id: int, unit_id: str | None, err: BaseExcep
         pass
     try:
         api.post_event(run_id, f"{message}\n{tail}"[:10_000], level="error", expert=unit.expert if unit else None)
-        api.report_status(run_id, FAILED, message=message[:4000], resumable=full is not None)
+        api.report_status(run_id, FAILED, message=message[:4000], resumable=full is not None or store_err is not None)
     except ApiError as api_err:
         log.error("run %d: could not report the failure of %s (%s)", run_id, unit_id, api_err)
 
@@ -133,7 +146,7 @@ def report_failure(api: Client, run_id: int, unit_id: str | None, err: BaseExcep
 def _done_share(api: Client, run_id: int) -> float:
     """The share of the run its done units stand for: the true progress once a unit failed."""
     spec = spec_of(api.get_run(run_id))
-    folder = RunFolder(run_root(run_id))
+    done = run_folder(api, run_id).done(spec)
     units = plan(spec)
     total = sum(unit_weight(spec, u) for u in units) or 1
-    return min(sum(unit_weight(spec, u) for u in units if folder.is_done(u.id)) / total, 0.99)
+    return min(sum(unit_weight(spec, u) for u in units if u.id in done) / total, 0.99)

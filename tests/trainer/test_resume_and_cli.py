@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.conftest import tiny_spec
+from trainer.ckptfiles import has_optimizer, verify_checkpoint
 from trainer.local import RunDirError, train_local
 
 # Throughput metrics depend on the machine's load, not on the seed.
@@ -36,6 +37,22 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, model_cache):
     train_local(spec, part, model_cache, resume=True, **quiet)
     assert stable_rows(part) == stable_rows(tmp_path / "full")
     assert (part / "final" / "model.safetensors").exists()
+    # default retention (checkpoints.optimizer: last): every end-of-cycle weight stays, the optimizer state
+    # only in each expert's newest checkpoint; the interrupted run kept c1's until c2/rl had read it
+    for out in (tmp_path / "full", part):
+        for e in spec.expert_names:
+            folders = sorted(p.name for p in (out / "checkpoints" / e).iterdir())
+            assert folders == ["c1-opd", "c2-opd"]
+            assert [verify_checkpoint(out / "checkpoints" / e / f) for f in folders] == [True, True]
+            assert [has_optimizer(out / "checkpoints" / e / f) for f in folders] == [False, True]
+
+
+def test_optimizer_none_keeps_no_optimizer_state(tmp_path, model_cache):
+    spec = tiny_spec(schedule={"cycles": 1, "rl_steps": 1, "opd_steps": 1}, checkpoints={"optimizer": "none"})
+    train_local(spec, tmp_path / "out", model_cache, log_fn=lambda m: None)
+    folders = sorted((tmp_path / "out" / "checkpoints").glob("*/c*"))
+    assert folders and not any((f / "optimizer.pt").exists() or has_optimizer(f) for f in folders)
+    assert all(verify_checkpoint(f) for f in folders)
 
 
 def _copd(*args, env_dir: Path) -> subprocess.CompletedProcess:

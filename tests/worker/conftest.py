@@ -180,3 +180,40 @@ def redis_url() -> str:
     yield REDIS_URL
     client.flushdb()
     client.close()
+
+
+S3_BUCKET = "copd-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server on loopback (moto's server mode) with one bucket; yields its env vars."""
+    boto3 = pytest.importorskip("boto3")
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing-secret").create_bucket(Bucket=S3_BUCKET)
+    yield env
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This process pointed at the S3 server (s3fs caches filesystems by options, not by the endpoint
+    variable: cleared around the test)."""
+    import s3fs
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield s3_server
+    s3fs.S3FileSystem.clear_instance_cache()
