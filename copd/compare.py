@@ -486,8 +486,12 @@ def write_plots(suite: Suite, results: list[RunResult], out: Path) -> list[str]:
                          marker="o", label=f"{e.name} top-k")
                 ax1.plot(steps, [_mean(r.overlap[i][3] for r in runs if len(r.overlap) > i) for i in range(len(steps))],
                          marker="s", ls="--", label=f"{e.name} top-1")
-        kl_steps = sorted({s for r in copd_runs for s, _ in r.opd_kl})
-        ax2.plot(kl_steps, [_mean(dict(r.opd_kl).get(s) for r in copd_runs) for s in kl_steps], ".", color="tab:red")
+        for e in suite.entries:  # every copd entry (teachers per phase, per step, ablations)
+            runs = by_entry.get(e.name, []) if e.strategy == "copd" else []
+            kl_steps = sorted({s for r in runs for s, _ in r.opd_kl})
+            if kl_steps:
+                ax2.plot(kl_steps, [_mean(dict(r.opd_kl).get(s) for r in runs) for s in kl_steps], ".", label=e.name)
+        ax2.legend(fontsize=7)
         ax1.set_ylabel("inter-expert overlap\n(after each phase)")
         ax1.legend(fontsize=7)
         ax2.set_ylabel("CoPD OPD reverse KL")
