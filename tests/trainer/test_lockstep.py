@@ -140,3 +140,29 @@ def test_lockstep_resumes_from_the_start_of_the_phase(tmp_path, model_cache):
         a, b = weights(clean / f"checkpoints/{e}/c1-opd"), weights(cut / f"checkpoints/{e}/c1-opd")
         assert all(torch.equal(a[k], b[k]) for k in a), e
     assert weights(clean / "final") .keys() == weights(cut / "final").keys()
+
+
+def test_expert_devices_round_robin(monkeypatch):
+    """Expert i lives on visible GPU i mod n; without a GPU every expert shares the CPU."""
+    monkeypatch.setattr(lockstep, "gpu_present", lambda: False)
+    assert lockstep.expert_devices(3) == [torch.device("cpu")] * 3
+    monkeypatch.setattr(lockstep, "gpu_present", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert lockstep.expert_devices(3) == [torch.device("cuda", 0), torch.device("cuda", 1), torch.device("cuda", 0)]
+
+
+@pytest.mark.gpu
+def test_lockstep_on_the_gpus(tmp_path, model_cache):
+    """On a GPU machine: each expert on a visible GPU in turn (teachers score there) and the phase completes.
+    (Not run where this was written: no GPU.)"""
+    spec = tiny_spec(experts=THREE, schedule={"cycles": 1, "rl_steps": 1, "opd_steps": 2},
+                     opd={"teacher_sync": "step"}, rollout={"engine": "hf"})
+    out = tmp_path / "run"
+    train_local(spec, out, model_cache, log_fn=lambda m: None)
+    n = torch.cuda.device_count()
+    events = (out / "events.jsonl").read_text()
+    assert all(f"cuda:{i}" in events for i in range(min(n, 3)))
+    pts = rows(out)
+    for e in ("text", "image", "video"):
+        assert sorted(r["step"] for r in pts if r["expert"] == e and r["key"] == "opd/kl") == [2, 3]
+        assert max(r["value"] for r in pts if r["expert"] == e and r["key"] == "memory/peak_gb") > 0
