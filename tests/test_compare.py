@@ -76,3 +76,20 @@ def test_smoke_suite_every_strategy_and_report(tmp_path, model_cache):
     (out / "runs" / "mopd" / "s0" / "metrics.jsonl").unlink()
     compare(SMOKE, out, jobs=1, model_cache=model_cache)
     assert (out / "runs" / "mopd" / "s0" / "final" / "config.json").exists()
+
+
+def test_compare_api_unreachable_is_one_line(tmp_path, monkeypatch):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from copd.compare import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("COPD_API_TOKEN", "compare-test-token-0123456789")
+    res = CliRunner().invoke(app, [str(SMOKE), "--out", str(tmp_path / "o"), "--api", dead])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith("error: --api: API not reachable at") and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "runs").exists()  # nothing started
