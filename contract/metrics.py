@@ -105,6 +105,14 @@ OVERLAP_TOP1_MEAN = _m("overlap_top1/mean", "mean", "eval", "cycle", "mean top-1
 OVERLAP = _m("overlap/<expert>", "mean", "eval", "cycle",
              "top-k overlap (k = eval.overlap_k) with that expert on this expert's own samples")
 OVERLAP_TOP1 = _m("overlap_top1/<expert>", "mean", "eval", "cycle", "top-1 agreement with that expert on this expert's samples")
+OVERLAP_RL_MEAN = _m("overlap_rl/mean", "mean", "eval", "cycle",
+                     "`overlap/mean` measured on the experts as Phase I of the cycle left them (before its OPD)")
+OVERLAP_TOP1_RL_MEAN = _m("overlap_top1_rl/mean", "mean", "eval", "cycle",
+                          "`overlap_top1/mean` on the experts as Phase I of the cycle left them")
+OVERLAP_RL = _m("overlap_rl/<expert>", "mean", "eval", "cycle",
+                "`overlap/<expert>` on the experts as Phase I of the cycle left them (step: the end of Phase I)")
+OVERLAP_TOP1_RL = _m("overlap_top1_rl/<expert>", "mean", "eval", "cycle",
+                     "`overlap_top1/<expert>` on the experts as Phase I of the cycle left them")
 # ---- the merged all-in-one model -----------------------------------------------------------------
 ACC_MEAN = _m("acc_mean", "mean", "merge", "cycle", "the merged model's accuracy averaged over the domains")
 

@@ -2,11 +2,14 @@
 
 Units, in order: `c0/eval`; then per cycle c: `c<c>/rl/<expert>` for every expert (Phase I), then
 `c<c>/opd/<expert>` (Phase II), then `c<c>/eval`; at the end `final/merge`. Units of one phase are
-independent of each other, so the experts of a phase can run in parallel.
+independent of each other, so the experts of a phase can run in parallel. With `opd.teacher_sync: step`
+(copd), Phase II of a cycle is one unit, `c<c>/lockstep`: every expert advances a step at a time, each
+scored by its peers' current weights; it writes every expert's `c<c>-opd` checkpoint.
 
 Baselines (the other strategies) reuse the same units and add two kinds, each a phase of its own (no expert):
   - `mixed_rlvr`: `c0/eval`, per cycle `c<c>/mixed` (one policy, GRPO on the pooled domains,
-    len(experts) × (rl_steps + opd_steps) steps) then `c<c>/eval`, then `final/merge` (exports the policy);
+    len(experts) × (rl_steps + opd_steps) steps, or with `mixed.train_tokens` as many as reach that many
+    training tokens, at most TOKEN_BUDGET_CAP times the steps) then `c<c>/eval`, then `final/merge`;
   - `static_opd` / `mopd`: the `independent` schedule, then `c<cycles+i>/distill` + `c<cycles+i>/eval` for
     i = 1 … cycles (the distillation steps split evenly), then `final/merge` (exports the student).
 
@@ -76,6 +79,9 @@ class Unit:
         return cls(cycle, kind, expert)  # type: ignore[arg-type]
 
 
+TOKEN_BUDGET_CAP = 10  # a token-budgeted mixed unit stops after this many times its step budget at the latest
+
+
 def plan(spec: RunSpec) -> list[Unit]:
     """Every unit of the run in a valid sequential order."""
     strat = strategy_of(spec)
@@ -86,7 +92,10 @@ def plan(spec: RunSpec) -> list[Unit]:
             continue
         units += [Unit(c, "rl", e) for e in spec.expert_names]
         # Phase II runs even for independent experts: there it is RLVR only, so budgets match copd's.
-        units += [Unit(c, "opd", e) for e in spec.expert_names]
+        if lockstep(spec):
+            units.append(Unit(c, "lockstep"))
+        else:
+            units += [Unit(c, "opd", e) for e in spec.expert_names]
         units.append(Unit(c, "eval"))
     if strat.distill:
         for c in distill_cycles(spec):
@@ -94,6 +103,11 @@ def plan(spec: RunSpec) -> list[Unit]:
     if strat.merge:
         units.append(Unit(spec.schedule.cycles, "merge"))
     return units
+
+
+def lockstep(spec: RunSpec) -> bool:
+    """Phase II as one coupled unit (`opd.teacher_sync: step`); only strategies with mutual OPD have one."""
+    return spec.opd.teacher_sync == "step" and strategy_of(spec).opd
 
 
 def distill_cycles(spec: RunSpec) -> list[int]:
@@ -108,7 +122,8 @@ def steps_of(spec: RunSpec, unit: Unit, knobs: dict | None = None) -> int:
     if unit.kind == "mixed":
         rl = int(knobs.get("rl_steps", spec.schedule.rl_steps))
         opd = int(knobs.get("opd_steps", spec.schedule.opd_steps))
-        return len(spec.experts) * (rl + opd)
+        steps = len(spec.experts) * (rl + opd)
+        return steps * TOKEN_BUDGET_CAP if spec.mixed.train_tokens is not None else steps
     assert unit.kind == "distill"
     cycles = distill_cycles(spec)
     i = cycles.index(unit.cycle)

@@ -64,6 +64,8 @@ def unit_inputs(spec: RunSpec, unit: Unit) -> tuple[list[Ref], Ref | None]:
         own = (unit.expert, f"c{unit.cycle}-rl")
         teachers = [(t, f"c{unit.cycle}-rl") for t in spec.teachers_of(unit.expert)] if strat.opd else []
         return [own, *teachers], own
+    if unit.kind == "lockstep":  # every expert's Phase I result, each continued with its optimizer state
+        return [(e, f"c{unit.cycle}-rl") for e in spec.expert_names], None
     if unit.kind == "eval":
         return _eval_inputs(spec, unit.cycle), None
     if unit.kind == "mixed":
@@ -108,7 +110,9 @@ def needed_by_units(spec: RunSpec, done: Iterable[str]) -> tuple[set[Ref], set[R
             continue
         refs, own = unit_inputs(spec, unit)
         needed.update(refs)
-        if own is not None:
+        if unit.kind == "lockstep":
+            with_optimizer.update(refs)  # one unit continues every expert
+        elif own is not None:
             with_optimizer.add(own)
     return needed, with_optimizer
 

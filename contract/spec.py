@@ -222,6 +222,11 @@ class OpdSpec(_Model):
     teacher_weights: dict[str, dict[str, float]] | None = Field(
         None, description="Initial student → teacher → weight (the knob's version 0); weight 0 drops a direction. "
                           "null = every teacher of the topology at weight 1.")
+    teacher_sync: Literal["phase", "step"] = Field(
+        "phase", description="phase: a student's teachers are its peers as they stand at the start of Phase II "
+                             "(one unit per expert, in parallel); step: the experts advance one step at a time "
+                             "in one unit, each scored by its peers' current weights (live, co-evolving "
+                             "teachers; docs/trainer.md). copd only: strategies without mutual OPD ignore it.")
 
 
 class MixedSpec(_Model):
@@ -229,6 +234,12 @@ class MixedSpec(_Model):
 
     weights: dict[str, float] | None = Field(
         None, description="Expert (its domain) → share of each step's prompts; null = equal mix. Normalised to sum 1.")
+    train_tokens: int | None = Field(
+        None, ge=1, le=10**12,
+        description="Budget by training tokens instead of steps: each cycle's unit steps until its policy has "
+                    "trained on this many completion tokens (at most 10 × the step budget); null = the step budget, "
+                    "len(experts) × (rl_steps + opd_steps) a cycle. `copd compare` sets it per seed from a copd "
+                    "run's tokens with an entry's `match_tokens`.")
 
 
 class DistillSpec(_Model):
@@ -478,6 +489,9 @@ class RunSpec(_Model):
             raise ValueError("experts: strategy copd needs at least 2 experts")
         self._check_baseline_fields(names)
         n = self.compute.gpus_per_expert
+        if self.opd.teacher_sync == "step" and n > 1:
+            raise ValueError("opd.teacher_sync: step runs every expert in one process (one GPU each); "
+                             f"it needs compute.gpus_per_expert: 1 (got {n})")
         for field, v in (("grpo.prompts_per_step", self.grpo.prompts_per_step), ("opd.prompts_per_step", self.opd.prompts_per_step)):
             if v % n:
                 raise ValueError(f"{field}: must be a multiple of compute.gpus_per_expert={n} (each GPU's process "

@@ -93,12 +93,14 @@ NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 # ---- units --------------------------------------------------------------------------------------
 
-# Unit kinds: the phases a run moves through. rl = Phase I (RLVR), opd = Phase II (mutual OPD).
-Kind = Literal["eval", "rl", "opd", "merge", "mixed", "distill"]
+# Unit kinds: the phases a run moves through. rl = Phase I (RLVR), opd = Phase II (mutual OPD) of one expert;
+# lockstep = Phase II of every expert as one unit, advancing a step at a time (opd.teacher_sync: step).
+Kind = Literal["eval", "rl", "opd", "merge", "mixed", "distill", "lockstep"]
 KINDS: tuple[str, ...] = get_args(Kind)
 EXPERT_KINDS = frozenset({"rl", "opd"})   # units of one expert; the others are run-wide
 PHASE_NAMES: dict[str, str] = {"rl": "Phase I RLVR", "opd": "Phase II OPD", "eval": "evaluation",
-                               "merge": "merge", "mixed": "mixed RLVR", "distill": "distillation"}
+                               "merge": "merge", "mixed": "mixed RLVR", "distill": "distillation",
+                               "lockstep": "Phase II OPD, experts in lockstep"}
 
 MERGE_UNIT = "final/merge"
 # The one unit-id format: `c<cycle>/<kind>` for run-wide units, `c<cycle>/<kind>/<expert>` for an expert's,

@@ -34,6 +34,9 @@ class SuiteEntry(BaseModel):
     strategy: str = Field(description=" | ".join(STRATEGIES))
     overrides: dict[str, Any] = Field(default_factory=dict, description="Deep-merged into the base spec.")
     note: str = Field("", description="One line shown under the table (what the entry ablates).")
+    match_tokens: Optional[str] = Field(
+        None, description="mixed_rlvr only: the entry (say copd) whose training tokens this one matches, seed by "
+                          "seed: `mixed.train_tokens` = that run's training tokens / cycles (run after it).")
 
 
 class Suite(BaseModel):
@@ -76,14 +79,24 @@ def load_suite(path: Path) -> tuple[Suite, dict[str, Any]]:
     if suite.base:
         base = load_spec(path.parent / suite.base).model_dump(mode="json")
     base = deep_merge(base, suite.spec or {})
+    names = [e.name for e in suite.entries]
     for e in suite.entries:  # fail before any run starts
-        entry_spec(suite, base, e, suite.seeds[0])
+        if e.match_tokens is not None:
+            if e.strategy != "mixed_rlvr":
+                raise SpecError(f"{path}: entry {e.name}: match_tokens: only a mixed_rlvr entry can match tokens")
+            if e.match_tokens not in names or e.match_tokens == e.name:
+                raise SpecError(f"{path}: entry {e.name}: match_tokens: '{e.match_tokens}' is not another entry "
+                                f"(entries: {', '.join(names)})")
+        entry_spec(suite, base, e, suite.seeds[0], train_tokens=1 if e.match_tokens else None)
     return suite, base
 
 
-def entry_spec(suite: Suite, base: dict[str, Any], entry: SuiteEntry, seed: int) -> RunSpec:
-    """The run spec of one entry and seed."""
+def entry_spec(suite: Suite, base: dict[str, Any], entry: SuiteEntry, seed: int,
+               train_tokens: int | None = None) -> RunSpec:
+    """The run spec of one entry and seed (`train_tokens`: the token budget a match_tokens entry gets)."""
     data = deep_merge(base, entry.overrides)
+    if train_tokens is not None:
+        data = deep_merge(data, {"mixed": {"train_tokens": int(train_tokens)}})
     data |= {"name": f"{suite.name}-{entry.name}-s{seed}"[:64], "strategy": entry.strategy, "seed": seed}
     try:
         return parse_spec(data)
@@ -109,36 +122,69 @@ def _run_one(spec_json: str, out: str, model_cache: str) -> tuple[str, float]:
     return out, time.time() - t0
 
 
-def run_suite(suite: Suite, base: dict[str, Any], out: Path, model_cache: Path, *, seeds: list[int] | None = None,
-              jobs: int = 1, log=print) -> list[tuple[str, int, Path]]:
-    """Every entry × seed, `jobs` at a time; returns (entry, seed, run folder) of each."""
-    seeds = seeds or suite.seeds
+def matched_tokens(out: Path, entry: SuiteEntry, seed: int) -> int | None:
+    """The per-cycle token budget of a match_tokens entry: the matched run's training tokens / its cycles."""
+    r = read_run(entry.match_tokens or "", seed, out / "runs" / (entry.match_tokens or "") / f"s{seed}")
+    if r is None or not r.final or not r.train_tokens or not r.cycles:
+        return None
+    return max(1, round(r.train_tokens / r.cycles))
+
+
+def suite_runs(suite: Suite, base: dict[str, Any], out: Path, seeds: list[int], *, matched: bool):
+    """(entry, seed, folder, spec) of the runs of one pass: the plain entries, or (`matched`) the match_tokens
+    ones, whose budget needs the matched runs' tokens (None as spec when those are missing)."""
     runs = []
     for seed in seeds:
         for e in suite.entries:
+            if bool(e.match_tokens) != matched:
+                continue
             folder = out / "runs" / e.name / f"s{seed}"
             folder.parent.mkdir(parents=True, exist_ok=True)
-            runs.append((e.name, seed, folder, entry_spec(suite, base, e, seed)))
-    # Seed-interleaved order: the first runs in flight are of different seeds, so each seed's warm start
-    # (builtin:tiny, cached per recipe and seed) is built once, by its first run, while the others train.
-    order = sorted(runs, key=lambda r: ([e.name for e in suite.entries].index(r[0]), seeds.index(r[1])))
-    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_run_one, spec.model_dump_json(), str(folder), str(model_cache)): (name, seed)
-                   for name, seed, folder, spec in order}
-        for fut, (name, seed) in futures.items():
-            try:
-                _, secs = fut.result()
-            except Exception as err:  # one failed run is a missing row in the report, not a lost suite
-                log(f"{name} seed {seed}: FAILED ({type(err).__name__}: {err})")
-                continue
-            log(f"{name} seed {seed}: {'done before' if secs == 0 else f'{secs:.0f}s'}")
-    return [(name, seed, folder) for name, seed, folder, _ in runs]
+            tokens = matched_tokens(out, e, seed) if matched else None
+            spec = entry_spec(suite, base, e, seed, train_tokens=tokens) if not matched or tokens else None
+            runs.append((e.name, seed, folder, spec))
+    return runs
+
+
+def run_suite(suite: Suite, base: dict[str, Any], out: Path, model_cache: Path, *, seeds: list[int] | None = None,
+              jobs: int = 1, log=print, runner=None) -> list[tuple[str, int, Path]]:
+    """Every entry × seed, `jobs` at a time (match_tokens entries after the others); returns (entry, seed,
+    run folder) of each. `runner` (entry, seed, folder, spec) → seconds runs one elsewhere (the API)."""
+    seeds = seeds or suite.seeds
+    done = []
+    for matched in (False, True):
+        runs = suite_runs(suite, base, out, seeds, matched=matched)
+        for name, seed, _, spec in runs:
+            if spec is None:
+                log(f"{name} seed {seed}: SKIPPED (its match_tokens run has no result)")
+        runs_ok = [r for r in runs if r[3] is not None]
+        # Seed-interleaved order: the first runs in flight are of different seeds, so each seed's warm start
+        # (builtin:tiny, cached per recipe and seed) is built once, by its first run, while the others train.
+        order = sorted(runs_ok, key=lambda r: ([e.name for e in suite.entries].index(r[0]), seeds.index(r[1])))
+        if runner is not None:
+            runner(order, log)
+        else:
+            with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_run_one, spec.model_dump_json(), str(folder), str(model_cache)): (name, seed)
+                           for name, seed, folder, spec in order}
+                for fut, (name, seed) in futures.items():
+                    try:
+                        _, secs = fut.result()
+                    except Exception as err:  # one failed run is a missing row in the report, not a lost suite
+                        log(f"{name} seed {seed}: FAILED ({type(err).__name__}: {err})")
+                        continue
+                    log(f"{name} seed {seed}: {'done before' if secs == 0 else f'{secs:.0f}s'}")
+        done += [(name, seed, folder) for name, seed, folder, _ in runs]
+    return done
 
 
 def compare(suite_path: Path, out: Path, seeds: list[int] | None = None, *, jobs: int = 1,
             model_cache: Path | None = None, report_only: bool = False, command: str | None = None,
-            log=print) -> Path:
-    """Run a suite (unless `report_only`) and write OUT/report.md and the plots; returns the report's path."""
+            log=print, api=None) -> Path:
+    """Run a suite (unless `report_only`) and write OUT/report.md and the plots; returns the report's path.
+
+    api: a `contract.client.Client`: the runs are submitted to that API (its workers train them, the
+    dashboard shows them) instead of trained here (copd/compare_api.py)."""
     suite, base = load_suite(suite_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +198,12 @@ def compare(suite_path: Path, out: Path, seeds: list[int] | None = None, *, jobs
     elif command is None or report_only:
         command = (out / "command.txt").read_text().strip() if (out / "command.txt").exists() else command
     if not report_only:
-        run_suite(suite, base, out, Path(model_cache), seeds=seeds, jobs=jobs, log=log)
+        runner = None
+        if api is not None:
+            from copd.compare_api import api_runner
+
+            runner = api_runner(api)
+        run_suite(suite, base, out, Path(model_cache), seeds=seeds, jobs=jobs, log=log, runner=runner)
     seeds = seeds or suite.seeds
     return write_report(suite, out, seeds, command=command, wall_s=None if report_only else time.time() - t0)
 
@@ -172,6 +223,7 @@ class RunResult(BaseModel):
     final: dict[str, float]                      # domain → accuracy of the all-in-one model ('merged')
     curve: list[tuple[int, float]]               # (cycle, mean accuracy of the strategy's policy/ies)
     overlap: list[tuple[int, int, float, float]]  # (cycle, step, top-k, top-1) run-level means
+    overlap_phases: list[tuple[float, float, float]] = []  # (c − 0.5 after Phase I of c | c after it, top-k, top-1)
     opd_kl: list[tuple[int, float]]              # (global step, opd/kl mean over experts)
     steps: int                                   # update steps, every policy together
     rollout_tokens: float
@@ -221,6 +273,13 @@ def read_run(entry: str, seed: int, folder: Path) -> RunResult | None:
                for c, v in sorted(ov.items())]
     if overlap:  # before training every expert is the base model: overlap 1
         overlap.insert(0, (0, 0, 1.0, 1.0))
+    rl = {}
+    for r in rows:
+        if r["expert"] is None and r["key"] in (M.OVERLAP_RL_MEAN.key, M.OVERLAP_TOP1_RL_MEAN.key):
+            rl.setdefault(r["cycle"], {})[r["key"]] = r["value"]
+    phases = [(c - 0.5, v.get(M.OVERLAP_RL_MEAN.key, float("nan")), v.get(M.OVERLAP_TOP1_RL_MEAN.key, float("nan")))
+              for c, v in rl.items()] + [(float(c), k, t) for c, _, k, t in overlap]
+    phases.sort()
     kl: dict[int, list[float]] = {}
     for r in rows:
         if r["key"] == M.OPD_KL.key and r["expert"] in doms:
@@ -228,7 +287,7 @@ def read_run(entry: str, seed: int, folder: Path) -> RunResult | None:
     cost = [r for r in rows if r["key"] in ("cost/rollout_tokens", "cost/train_tokens")]
     return RunResult(
         entry=entry, strategy=spec.strategy, seed=seed, domains=doms, base=base, experts=experts, final=final,
-        curve=curve, overlap=overlap, opd_kl=sorted((s, _mean(v)) for s, v in kl.items()),
+        curve=curve, overlap=overlap, overlap_phases=phases if rl else [], opd_kl=sorted((s, _mean(v)) for s, v in kl.items()),
         steps=sum(1 for r in cost if r["key"] == "cost/train_tokens"),
         rollout_tokens=sum(r["value"] for r in cost if r["key"] == "cost/rollout_tokens"),
         train_tokens=sum(r["value"] for r in cost if r["key"] == "cost/train_tokens"),
@@ -308,27 +367,37 @@ def summarize(suite: Suite, results: list[RunResult]) -> str:
 def _divergence(suite: Suite, by_entry: dict[str, list[RunResult]], doms: list[str]) -> list[str]:
     """Divergence cost per seed (independent experts on their own domains − mixed RLVR), then gaps to mixed."""
     indep = next((e.name for e in suite.entries if e.strategy == "independent"), None)
-    mixed = next((e.name for e in suite.entries if e.strategy == "mixed_rlvr"), None)
-    if not indep or not mixed:
+    mixed = next((e.name for e in suite.entries if e.strategy == "mixed_rlvr" and not e.match_tokens), None)
+    if not mixed:
         return []
-    own = {r.seed: _mean(r.experts.get(d, {}).get(d) for d in doms) for r in by_entry.get(indep, [])}
     mix = {r.seed: _mean(r.final.get(d) for d in doms) for r in by_entry.get(mixed, []) if r.final}
-    seeds = sorted(set(own) & set(mix))
-    if not seeds:
-        return []
-    costs = [own[s] - mix[s] for s in seeds]
-    out = ["## Inter-capability divergence cost", "",
-           "Independent experts, each on its own domain, minus mixed RLVR (mean over domains), per seed: "
-           + ", ".join(f"s{s}: {c:+.3f}" for s, c in zip(seeds, costs))
-           + f" → **{_mean(costs):+.3f} ± {_sd(costs):.3f}** (positive = mixed RLVR pays a cost).", "",
-           "Per domain (mean over seeds): " + ", ".join(
-               f"{d} {_mean(r.experts.get(d, {}).get(d) for r in by_entry[indep]) - _mean(r.final.get(d) for r in by_entry[mixed] if r.final):+.3f}"
-               for d in doms), "", "Each strategy's all-in-one model minus mixed RLVR, paired by seed:", ""]
+    out = []
+    if indep:
+        own = {r.seed: _mean(r.experts.get(d, {}).get(d) for d in doms) for r in by_entry.get(indep, [])}
+        seeds = sorted(set(own) & set(mix))
+        if seeds:
+            costs = [own[s] - mix[s] for s in seeds]
+            out += ["## Inter-capability divergence cost", "",
+                    "Independent experts, each on its own domain, minus mixed RLVR (mean over domains), per seed: "
+                    + ", ".join(f"s{s}: {c:+.3f}" for s, c in zip(seeds, costs))
+                    + f" → **{_mean(costs):+.3f} ± {_sd(costs):.3f}** (positive = mixed RLVR pays a cost).", "",
+                    "Per domain (mean over seeds): " + ", ".join(
+                        f"{d} {_mean(r.experts.get(d, {}).get(d) for r in by_entry[indep]) - _mean(r.final.get(d) for r in by_entry[mixed] if r.final):+.3f}"
+                        for d in doms), ""]
+    if not mix:
+        return out
+    out += [f"## Paired differences to `{mixed}`", "",
+            f"Each strategy's all-in-one model minus `{mixed}` (mean over domains), paired by seed; then per domain:", ""]
     for e in suite.entries:
         runs = {r.seed: r for r in by_entry.get(e.name, []) if r.final}
-        gaps = [_mean(runs[s].final.get(d) for d in doms) - mix[s] for s in seeds if s in runs]
+        seeds = sorted(set(runs) & set(mix))
+        gaps = [_mean(runs[s].final.get(d) for d in doms) - mix[s] for s in seeds]
         if gaps and e.name != mixed:
-            out.append(f"- `{e.name}`: {_mean(gaps):+.3f} ± {_sd(gaps):.3f} (n={len(gaps)})")
+            mixed_runs = {r.seed: r for r in by_entry[mixed] if r.final}
+            per = ", ".join(f"{d} {_mean(runs[s].final.get(d, float('nan')) - mixed_runs[s].final.get(d, float('nan')) for s in seeds):+.3f}"
+                            for d in doms)
+            out.append(f"- `{e.name}`: **{_mean(gaps):+.3f} ± {_sd(gaps):.3f}** (n={len(gaps)}; "
+                       + ", ".join(f"s{s} {g:+.3f}" for s, g in zip(seeds, gaps)) + f") — {per}")
     return out + [""]
 
 
@@ -342,9 +411,22 @@ def _overlap_table(suite: Suite, by_entry: dict[str, list[RunResult]]) -> list[s
                         f" {_pm([min(o[3] for o in r.overlap) for r in runs])} |")
     if not rows:
         return []
-    return ["## Inter-expert agreement (measured at cycle ends, on each expert's own states)", "",
-            "| entry | top-k overlap, last cycle | top-1 agreement, last cycle | lowest top-1 over cycles |",
-            "| --- | --- | --- | --- |", *rows, ""]
+    out = ["## Inter-expert agreement (measured at cycle ends, on each expert's own states)", "",
+           "| entry | top-k overlap, last cycle | top-1 agreement, last cycle | lowest top-1 over cycles |",
+           "| --- | --- | --- | --- |", *rows, ""]
+    phased = []
+    for e in suite.entries:
+        runs = [r for r in by_entry.get(e.name, []) if r.overlap_phases]
+        if runs:
+            after_rl = [_mean(t for x, _, t in r.overlap_phases if x % 1) for r in runs]
+            after_opd = [_mean(t for x, _, t in r.overlap_phases if x > 0 and not x % 1) for r in runs]
+            phased.append(f"| {e.name} | {_pm(after_rl)} | {_pm(after_opd)} | "
+                          f"{_pm([b - a for a, b in zip(after_rl, after_opd)])} |")
+    if phased:
+        out += ["Top-1 agreement after each phase (mean over cycles; Phase II − Phase I > 0: OPD recovers what "
+                "RLVR drifted apart):", "", "| entry | after Phase I | after Phase II | Phase II − Phase I |",
+                "| --- | --- | --- | --- |", *phased, ""]
+    return out
 
 
 def write_plots(suite: Suite, results: list[RunResult], out: Path) -> list[str]:
@@ -390,15 +472,27 @@ def write_plots(suite: Suite, results: list[RunResult], out: Path) -> list[str]:
                 ax_.axvspan(c * per + r0.rl_steps, (c + 1) * per, color="tab:orange", alpha=0.12, lw=0)
         for e in suite.entries:
             runs = by_entry.get(e.name, [])
-            if (e.name == first_copd or e.strategy == "independent") and runs and runs[0].overlap:
+            if e.strategy in ("copd", "independent") and runs and runs[0].overlap_phases:
+                xs = [x for x, _, _ in runs[0].overlap_phases]  # after Phase I of c: c − 0.5; after c: c
+                steps = [int((x - 0.5) * per) + r0.rl_steps if x % 1 else int(x * per) for x in xs]
+                n = len(steps)
+                for col, mk, ls in ((1, "o", "-"), (2, "s", "--")):
+                    ax1.plot(steps, [_mean(r.overlap_phases[i][col] for r in runs if len(r.overlap_phases) > i)
+                                     for i in range(n)], marker=mk, ls=ls,
+                             label=f"{e.name} {'top-k' if col == 1 else 'top-1'}")
+            elif (e.name == first_copd or e.strategy == "independent") and runs and runs[0].overlap:
                 steps = [s for _, s, _, _ in runs[0].overlap]
                 ax1.plot(steps, [_mean(r.overlap[i][2] for r in runs if len(r.overlap) > i) for i in range(len(steps))],
                          marker="o", label=f"{e.name} top-k")
                 ax1.plot(steps, [_mean(r.overlap[i][3] for r in runs if len(r.overlap) > i) for i in range(len(steps))],
                          marker="s", ls="--", label=f"{e.name} top-1")
-        kl_steps = sorted({s for r in copd_runs for s, _ in r.opd_kl})
-        ax2.plot(kl_steps, [_mean(dict(r.opd_kl).get(s) for r in copd_runs) for s in kl_steps], ".", color="tab:red")
-        ax1.set_ylabel("inter-expert overlap\n(cycle ends)")
+        for e in suite.entries:  # every copd entry (teachers per phase, per step, ablations)
+            runs = by_entry.get(e.name, []) if e.strategy == "copd" else []
+            kl_steps = sorted({s for r in runs for s, _ in r.opd_kl})
+            if kl_steps:
+                ax2.plot(kl_steps, [_mean(dict(r.opd_kl).get(s) for r in runs) for s in kl_steps], ".", label=e.name)
+        ax2.legend(fontsize=7)
+        ax1.set_ylabel("inter-expert overlap\n(after each phase)")
         ax1.legend(fontsize=7)
         ax2.set_ylabel("CoPD OPD reverse KL")
         ax2.set_xlabel("expert update step (blue: Phase I RLVR, orange: Phase II OPD)")
@@ -461,18 +555,41 @@ def compare_command(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (default: the suite's)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at a time (one torch thread each is best on CPU)."),
     report_only: bool = typer.Option(False, "--report-only", help="Only (re)write the report from runs already in OUT."),
+    api_url: Optional[str] = typer.Option(
+        None, "--api", envvar="COPD_API_URL", show_envvar=True,
+        help="Submit the runs to this API (its workers train them; they appear in the dashboard) instead of "
+             "training them here. Token: COPD_API_TOKEN or the data dir's token file."),
+    local: bool = typer.Option(False, "--local", help="Train here even when COPD_API_URL is set."),
 ) -> None:
     """Run strategies × seeds in the same harness and write a markdown report with plots."""
     import sys
 
+    from contract.client import ApiError, Client, read_token
+    from contract.settings import get_settings
+
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    client = None
+    if api_url and not local and not report_only:
+        token = read_token(get_settings())
+        if token is None:
+            typer.echo("error: --api: no API token (set COPD_API_TOKEN)", err=True)
+            raise typer.Exit(2)
+        client = Client(api_url.rstrip("/"), token)
+        try:
+            client.healthz()
+        except ApiError as err:
+            typer.echo(f"error: --api: {err.message}", err=True)
+            raise typer.Exit(2)
     args = sys.argv[2:] if sys.argv[1:2] == ["compare"] else sys.argv[1:]
     env = " ".join(f"{k}={os.environ[k]}" for k in ("COPD_TORCH_THREADS",) if k in os.environ)
     try:
         path = compare(suite, out, seed_list, jobs=jobs, report_only=report_only,
-                       command=(env + " " if env else "") + "copd compare " + " ".join(args))
+                       command=(env + " " if env else "") + "copd compare " + " ".join(args), api=client)
     except SpecError as err:
         typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    except ApiError as err:
+        typer.echo(f"error: --api: {err.message}", err=True)
         raise typer.Exit(2)
     typer.echo(f"report: {path}")
 

@@ -13,7 +13,8 @@ from contract import vocab as V
 from contract.schemas import RunPublic
 
 TERMINAL = V.TERMINAL  # the old name here
-PHASES = {"rl": "Phase I RLVR", "opd": "Phase II OPD", "eval": "evaluate", "merge": "merge"}
+PHASES = {"rl": "Phase I RLVR", "opd": "Phase II OPD", "lockstep": "Phase II OPD (lockstep)", "eval": "evaluate",
+          "merge": "merge"}
 LEVEL_STYLE = {"warning": "yellow", "error": "red", "debug": "dim"}
 
 

@@ -28,6 +28,16 @@ def test_every_builtin_suite_parses(path):
         assert spec.strategy == e.strategy and spec.seed == suite.seeds[-1]
 
 
+def test_match_tokens_is_checked(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("match_tokens: copd", "match_tokens: nope"))
+    with pytest.raises(SpecError, match="entry mixed_tokens: match_tokens: 'nope' is not another entry"):
+        load_suite(bad)
+    bad.write_text(SMOKE.read_text().replace("{name: mopd, strategy: mopd}", "{name: mopd, strategy: mopd, match_tokens: copd}"))
+    with pytest.raises(SpecError, match="entry mopd: match_tokens: only a mixed_rlvr entry"):
+        load_suite(bad)
+
+
 def test_suite_errors_name_the_entry_and_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SMOKE.read_text().replace("{name: mopd, strategy: mopd}",
@@ -48,6 +58,16 @@ def test_smoke_suite_every_strategy_and_report(tmp_path, model_cache):
                 "copd compare suites/smoke.yaml"):
         assert row in text, row
     assert "Missing" not in text
+    for row in ("**copd_step** (copd)", "**mixed_tokens** (mixed_rlvr)", "after Phase I"):
+        assert row in text, row
+    # the token-matched mixed policy trained on copd's tokens (to within one step), the plain one on fewer
+    from copd.compare import read_run
+    got = {n: read_run(n, 0, out / "runs" / n / "s0") for n in ("copd", "mixed_rlvr", "mixed_tokens")}
+    step_tokens = got["mixed_rlvr"].train_tokens / got["mixed_rlvr"].steps
+    assert got["copd"].train_tokens <= got["mixed_tokens"].train_tokens < got["copd"].train_tokens + 1.5 * step_tokens
+    assert got["mixed_rlvr"].train_tokens < got["copd"].train_tokens
+    assert got["mixed_tokens"].steps > got["mixed_rlvr"].steps
+    assert [x for x, _, _ in got["copd"].overlap_phases] == [0.0, 0.5, 1.0]
     for png in ("accuracy_per_cycle.png", "overlap.png", "cost_vs_accuracy.png"):
         assert (out / png).stat().st_size > 1000
     # a second call finds every run done and only rewrites the report; a cut-off run is resumed
@@ -56,3 +76,20 @@ def test_smoke_suite_every_strategy_and_report(tmp_path, model_cache):
     (out / "runs" / "mopd" / "s0" / "metrics.jsonl").unlink()
     compare(SMOKE, out, jobs=1, model_cache=model_cache)
     assert (out / "runs" / "mopd" / "s0" / "final" / "config.json").exists()
+
+
+def test_compare_api_unreachable_is_one_line(tmp_path, monkeypatch):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from copd.compare import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("COPD_API_TOKEN", "compare-test-token-0123456789")
+    res = CliRunner().invoke(app, [str(SMOKE), "--out", str(tmp_path / "o"), "--api", dead])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith("error: --api: API not reachable at") and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "runs").exists()  # nothing started

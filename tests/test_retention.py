@@ -83,6 +83,15 @@ def test_needed_by_units_after_cycle_one_of_three():
     assert own == {(e, n) for e in ("text", "image") for n in ("c1-opd", "c2-rl", "c2-opd", "c3-rl")}
 
 
+def test_a_lockstep_unit_reads_and_continues_every_expert():
+    spec = _spec(opd={"teacher_sync": "step"})
+    assert unit_inputs(spec, Unit(2, "lockstep")) == ([("text", "c2-rl"), ("image", "c2-rl")], None)
+    done = ["c0/eval", "c1/rl/text", "c1/rl/image", "c1/lockstep", "c1/eval", "c2/rl/text", "c2/rl/image"]
+    needed, own = needed_by_units(spec, done)
+    assert {("text", "c2-rl"), ("image", "c2-rl")} <= own  # the lockstep continues both with optimizer state
+    assert ("text", "c1-rl") not in needed
+
+
 @pytest.mark.parametrize("bad, field", [({"keep_last": 0}, "keep_last"), ({"optimizer": "some"}, "optimizer"),
                                         ({"keep_every": 2}, "keep_every")])
 def test_bad_retention_fields_name_the_field(bad, field):

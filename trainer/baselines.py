@@ -2,7 +2,8 @@
 student). Both train ONE policy, so they share a loop; what differs is the batch of a step.
 
 - mixed: GRPO on the pooled domains, each step's prompts split across domains by `mixed.weights`
-  (equal by default), each prompt scored by its own domain's verifier, groups normalised per prompt.
+  (equal by default), each prompt scored by its own domain's verifier, groups normalised per prompt;
+  with `mixed.train_tokens` a cycle's unit stops once it trained on that many tokens (a token budget).
 - distill: the trained experts are fixed teachers (their final weights). Each teacher j scores the
   student's samples of j's own prompts (advantage β·(log π_j − log π_student), teacher chosen by the
   prompt's domain), teachers weighted equally; plus α · a native GRPO batch (static_opd: the student
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable
 
+from contract import metrics as M
 from contract.plan import MIXED, STUDENT, Unit, distill_cycles, steps_of, strategy_of
 from contract.spec import Knobs, RunSpec
 from trainer.checkpoint import CheckpointInfo
@@ -66,8 +69,26 @@ def run_single_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoi
         native, cross = _batches(ctx, unit, policy.engine, teachers, reference, knobs, rng)
         return native, cross, knobs.beta_for(STUDENT, spec.opd.beta) if cross else None
 
-    train_steps(ctx, unit, reporter, policy, n_steps, batches)
+    train_steps(ctx, unit, reporter, policy, n_steps, batches, done=token_budget(spec, unit, reporter))
     return save_policy(ctx.layout.single(unit), policy, reporter, unit)
+
+
+def token_budget(spec: RunSpec, unit: Unit, reporter: Reporter) -> Callable[[dict[str, float]], bool] | None:
+    """With `mixed.train_tokens`: a check that ends a mixed unit once its steps trained on that many tokens."""
+    budget = spec.mixed.train_tokens if unit.kind == "mixed" else None
+    if budget is None:
+        return None
+    seen = {"tokens": 0.0, "steps": 0}
+
+    def done(values: dict[str, float]) -> bool:
+        seen["tokens"] += values.get(M.COST_TRAIN.key, 0.0)
+        seen["steps"] += 1
+        if seen["tokens"] >= budget:
+            reporter.event(f"{unit.id}: token budget reached, {seen['tokens']:.0f} of {budget} training tokens "
+                           f"in {seen['steps']} steps", expert=MIXED)
+            return True
+        return False
+    return done
 
 
 def _batches(ctx: RunContext, unit: Unit, engine: HFEngine, teachers: dict[str, HFEngine],

@@ -129,13 +129,13 @@ class Policy:
 
 
 def open_policy(ctx: RunContext, unit: Unit, reporter: Reporter, name: str, src: Path, *,
-                continues: bool) -> tuple[Policy, Knobs]:
-    """Load `src` on the unit's device as a trainable policy with its optimizer (its saved state when
-    `continues`) and its rollout engine; returns it with the knobs in force."""
+                continues: bool, device: torch.device | None = None) -> tuple[Policy, Knobs]:
+    """Load `src` on the unit's device (or `device`) as a trainable policy with its optimizer (its saved
+    state when `continues`) and its rollout engine; returns it with the knobs in force."""
     spec = ctx.spec
     seed = ctx.unit_seed(unit)
     torch.manual_seed(seed)
-    dev = student_device()
+    dev = device if device is not None else student_device()
     model, tok = ctx.load(src)
     model = place(model, spec.compute, dev, trainable=True)
     version, knobs = unit_knobs(reporter, spec)
@@ -209,11 +209,12 @@ def report_step(reporter: Reporter, name: str, unit: Unit, step: int, i: int, n_
 # ---- the loop and its end ------------------------------------------------------------------------
 
 def train_steps(ctx: RunContext, unit: Unit, reporter: Reporter, policy: Policy, n_steps: int,
-                batches: Callable[[Knobs], tuple]) -> Policy:
+                batches: Callable[[Knobs], tuple], done: Callable[[dict[str, float]], bool] | None = None) -> Policy:
     """A training unit's step loop: at each step boundary the cancel flag and the latest knobs, then
     `batches(knobs)` → (native, cross, β or None), one optimizer step, the step's report. Closes the engine
     at the end (a vLLM engine gives its memory back before the next unit starts). Returns the policy with
-    its step and knob version moved on."""
+    its step and knob version moved on. `done(values)`, when given, ends the loop early after a step
+    (a token budget)."""
     t_unit = time.perf_counter()
     plugin_warned = False
     try:
@@ -230,6 +231,8 @@ def train_steps(ctx: RunContext, unit: Unit, reporter: Reporter, policy: Policy,
             report_step(reporter, policy.name, unit, policy.step, i, n_steps, values, policy.version, t_unit)
             if values.get(M.REWARD_ERRORS.key) and not plugin_warned:
                 plugin_warned = report_plugin_error(ctx, reporter, policy.name)
+            if done is not None and done(values):
+                break
     finally:
         policy.engine.close()
     return policy

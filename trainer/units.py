@@ -21,6 +21,7 @@ from trainer.checkpoint import CheckpointInfo, read_state, save_checkpoint
 from trainer.distributed import launch
 from trainer.engines import place, student_device
 from trainer.evaluate import accuracy, mean_overlap, overlap_row
+from trainer.lockstep import run_lockstep_unit
 from trainer.merge import merge_folders
 from trainer.reporter import Reporter
 from trainer.rollout import HFEngine
@@ -102,20 +103,37 @@ def run_eval_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> dict[str, 
         results[e] = row
         reporter.metrics(e, unit.cycle, step, row)
     if unit.cycle > 0 and len(engines) > 1:
-        rows = []
-        for e in spec.expert_names:
-            row = overlap_row(e, engines, ctx.domains[e], spec.eval.overlap_prompts, spec.eval.overlap_k,
-                              spec.grpo.temperature, spec.grpo.max_new_tokens)
-            step = int(read_state(folders[e]).get("step", 0))
-            reporter.metrics(e, unit.cycle, step, row)
-            results[e] |= row
-            rows.append(row)
-        # run-level, one point per cycle: its step is the cycle (the points also carry it as their cycle)
-        reporter.metrics(None, unit.cycle, unit.cycle, {M.OVERLAP_MEAN.key: mean_overlap(rows),
-                                                        M.OVERLAP_TOP1_MEAN.key: mean_overlap(rows, M.OVERLAP_TOP1.prefix)})
+        results = report_overlap(ctx, unit, reporter, engines, folders, results)
+        phase_one = {e: layout.checkpoint(e, unit.cycle, "rl") for e in spec.expert_names}
+        if set(engines) == set(phase_one) and all((f / "trainer_state.json").exists() for f in phase_one.values()):
+            # the same measure on the experts as Phase I left them: overlap dips in RLVR, recovers in OPD
+            report_overlap(ctx, unit, reporter, {e: ctx.scorer(f, student_device()) for e, f in phase_one.items()},
+                           phase_one, {e: {} for e in spec.expert_names}, after_rl=True)
     summary = ", ".join(f"{e}: " + " ".join(f"{M.ACC.name_in(k)}={v:.2f}" for k, v in r.items() if M.ACC.matches(k))
                         for e, r in results.items())
     reporter.event(f"{unit.id}: {summary}")
+    return results
+
+
+def report_overlap(ctx: RunContext, unit: Unit, reporter: Reporter, engines: dict[str, HFEngine], folders: dict,
+                   results: dict[str, dict[str, float]], *, after_rl: bool = False) -> dict[str, dict[str, float]]:
+    """Every expert's overlap row (top-k, top-1) and the run-level means; keys `overlap/…` after the cycle,
+    `overlap_rl/…` after its Phase I (`after_rl`). Returns `results` with the rows added."""
+    spec = ctx.spec
+    keys = ((M.OVERLAP, M.OVERLAP_TOP1, M.OVERLAP_MEAN, M.OVERLAP_TOP1_MEAN) if not after_rl else
+            (M.OVERLAP_RL, M.OVERLAP_TOP1_RL, M.OVERLAP_RL_MEAN, M.OVERLAP_TOP1_RL_MEAN))
+    rows = []
+    for e in spec.expert_names:
+        row = overlap_row(e, engines, ctx.domains[e], spec.eval.overlap_prompts, spec.eval.overlap_k,
+                          spec.grpo.temperature, spec.grpo.max_new_tokens)
+        row = {keys[0 if M.OVERLAP.matches(k) else 1].key_for(M.OVERLAP.name_in(k) or M.OVERLAP_TOP1.name_in(k)): v
+               for k, v in row.items()}
+        reporter.metrics(e, unit.cycle, int(read_state(folders[e]).get("step", 0)), row)
+        results[e] |= row
+        rows.append(row)
+    # run-level, one point per cycle: its step is the cycle (the points also carry it as their cycle)
+    reporter.metrics(None, unit.cycle, unit.cycle, {keys[2].key: mean_overlap(rows, keys[0].prefix),
+                                                    keys[3].key: mean_overlap(rows, keys[1].prefix)})
     return results
 
 
@@ -184,4 +202,6 @@ def run_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Any:
         return run_merge_unit(ctx, unit, reporter)
     if unit.kind in ("mixed", "distill"):
         return run_single_unit(ctx, unit, reporter)
+    if unit.kind == "lockstep":
+        return run_lockstep_unit(ctx, unit, reporter)
     return run_train_unit(ctx, unit, reporter)

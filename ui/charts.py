@@ -83,3 +83,31 @@ def compare_bars(final: pd.DataFrame) -> alt.Chart:
         color=alt.Color("run:N", legend=alt.Legend(orient="bottom", title=None, labelLimit=400, columns=2)),
         tooltip=["run", "domain", "source", alt.Tooltip("accuracy:Q", format=".3f")],
     ).properties(height=380)
+
+
+def band_chart(band: pd.DataFrame, x: str, title: str, y_title: str, height: int = 280) -> alt.LayerChart:
+    """Mean over seeds per group (a line) inside its mean ± sd band (shaded): `band` from frames.seed_band."""
+    base = alt.Chart(band).encode(
+        x=alt.X(f"{x}:Q", title=x, axis=alt.Axis(tickMinStep=0.5)),
+        color=alt.Color("group:N", legend=alt.Legend(orient="bottom", title=None, columns=2, labelLimit=300)))
+    area = base.mark_area(opacity=0.18).encode(y=alt.Y("lo:Q", title=y_title, scale=alt.Scale(zero=False)), y2="hi:Q")
+    line = base.mark_line(point=True).encode(
+        y="mean:Q", tooltip=["group", alt.Tooltip(f"{x}:Q"), alt.Tooltip("mean:Q", format=".3f"),
+                             alt.Tooltip("sd:Q", format=".3f"), "n"])
+    return alt.layer(area, line, title=title).properties(height=height)
+
+
+def overlap_phase_chart(data: pd.DataFrame, color: str = "measure", title: str = "overlap after each phase",
+                        height: int = 280) -> alt.LayerChart:
+    """Overlap after Phase I (at c − 0.5) and after Phase II (at c) of every cycle: the dip in RLVR and the
+    recovery in OPD. `data`: frames.overlap_phases rows (with `mean`, or `overlap`), one line per `color`."""
+    y = "mean" if "mean" in data else "overlap"
+    base = alt.Chart(data).encode(
+        x=alt.X("position:Q", title="cycle (c − ½: after its Phase I; c: after its Phase II)",
+                axis=alt.Axis(tickMinStep=0.5)),
+        y=alt.Y(f"{y}:Q", title="overlap", scale=alt.Scale(zero=False)),
+        color=alt.Color(f"{color}:N", legend=alt.Legend(orient="bottom", title=None, columns=2, labelLimit=300)),
+        tooltip=[color, "after", "cycle", alt.Tooltip(f"{y}:Q", format=".3f")])
+    lines = base.mark_line()  # one measure per colour: the page picks top-k or top-1 when colours are runs
+    points = base.mark_point(filled=True, size=50).encode(shape=alt.Shape("after:N", legend=alt.Legend(title=None)))
+    return alt.layer(lines, points, title=title).properties(height=height)

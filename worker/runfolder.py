@@ -33,7 +33,7 @@ from contract.spec import RunSpec
 
 @dataclass(frozen=True)
 class Phase:
-    """The units of one chord: the experts of (cycle, rl|opd), or one eval or merge unit."""
+    """The units of one chord: the experts of (cycle, rl|opd), or one eval, lockstep or merge unit."""
 
     id: str            # `c1/rl`, `c1/opd`, `c1/eval`, `c0/eval`, `final/merge`
     cycle: int
@@ -65,7 +65,8 @@ def unit_weight(spec: RunSpec, unit: Unit) -> int:
     """Share of the run a unit stands for in the progress bar: one per training step, one per eval or merge."""
     if unit.kind in ("mixed", "distill"):
         return max(steps_of(spec, unit), 1)
-    return {"rl": spec.schedule.rl_steps, "opd": spec.schedule.opd_steps}.get(unit.kind, 1)
+    return {"rl": spec.schedule.rl_steps, "opd": spec.schedule.opd_steps,
+            "lockstep": spec.schedule.opd_steps * len(spec.experts)}.get(unit.kind, 1)
 
 
 def _name(unit_or_phase_id: str) -> str:

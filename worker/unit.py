@@ -71,7 +71,7 @@ def _run_locked(api, run_id, spec, unit: Unit, folder: RunFolder, worker: str, c
                                 stop_check_s=cfg.stop_check_s, step_delay_s=cfg.step_delay_s,
                                 shutting_down=shutting_down, heartbeats=hb,
                                 publish=lambda info: publish(store, spec, info))
-        _expert_status(api, run_id, unit, cycles, "running", before)
+        _expert_status(api, run_id, unit, cycles, "running", before, spec.expert_names)
         try:
             result = run_unit(ctx, unit, reporter)
         except Cancelled:
@@ -85,7 +85,7 @@ def _run_locked(api, run_id, spec, unit: Unit, folder: RunFolder, worker: str, c
     summary = {"result": asdict(result) if is_dataclass(result) else result, "checkpoints": reporter.checkpoints,
                "worker": worker}
     folder.mark_done(unit.id, summary)
-    _expert_status(api, run_id, unit, cycles, "done", before + unit_weight(spec, unit) / total)
+    _expert_status(api, run_id, unit, cycles, "done", before + unit_weight(spec, unit) / total, spec.expert_names)
     return {"unit": unit.id, "done": True, "checkpoints": reporter.checkpoints}
 
 
@@ -100,11 +100,15 @@ def _run_log(api: Client, run_id: int) -> Callable[[str], None]:
     return log_fn
 
 
-def _expert_status(api: Client, run_id: int, unit: Unit, cycles: int, status: str, progress: float) -> None:
+def _expert_status(api: Client, run_id: int, unit: Unit, cycles: int, status: str, progress: float,
+                   experts: list[str] | None = None) -> None:
+    """The unit's expert on `unit` with `status` (a lockstep unit: every expert of the run; others: none)."""
+    names = [unit.expert] if unit.expert else (experts or []) if unit.kind == "lockstep" else [None]
     try:
-        api.report_progress(run_id, cycle=api_cycle(unit, cycles), phase=unit.kind, expert=unit.expert,
-                            unit=unit.id if unit.expert else None,
-                            expert_status=status if unit.expert else None, progress=min(progress, 0.99))
+        for name in names:
+            api.report_progress(run_id, cycle=api_cycle(unit, cycles), phase=unit.kind, expert=name,
+                                unit=unit.id if name else None,
+                                expert_status=status if name else None, progress=min(progress, 0.99))
     except ApiError as err:
         if err.status != 409:  # 409: the run stopped meanwhile
             raise

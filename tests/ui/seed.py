@@ -4,7 +4,8 @@ Metric layout follows docs/trainer.md: per expert, evaluations at cycle 0 (step 
 cycle (`acc/<domain>` for every domain, `overlap/<other>` and `overlap_top1/<other>` from cycle 1 on), and
 per training step `reward/mean`, `opd/kl` (Phase II only), `phase` (1 or 2), `knobs/version`,
 `rollout/logp_gap` and `memory/peak_gb`; the merged
-model's `acc/<domain>` and `acc_mean` at the end; run-level `overlap/mean`.
+model's `acc/<domain>` and `acc_mean` at the end; run-level `overlap/mean`, `overlap_top1/mean` and their
+after-Phase-I twins `overlap_rl/mean`, `overlap_top1_rl/mean` per cycle (step = cycle).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import httpx
 EXPERTS = [("text", "builtin:arith"), ("image", "builtin:grid"), ("video", "builtin:frames")]
 
 
-def spec(name: str, strategy: str = "copd", cycles: int = 2, rl_steps: int = 3, opd_steps: int = 2) -> dict[str, Any]:
+def spec(name: str, strategy: str = "copd", cycles: int = 2, rl_steps: int = 3, opd_steps: int = 2,
+         **more: Any) -> dict[str, Any]:
     return {"name": name, "strategy": strategy, "experts": [{"name": n, "domain": d} for n, d in EXPERTS],
-            "schedule": {"cycles": cycles, "rl_steps": rl_steps, "opd_steps": opd_steps}}
+            "schedule": {"cycles": cycles, "rl_steps": rl_steps, "opd_steps": opd_steps}, **more}
 
 
 @dataclass
@@ -122,9 +124,11 @@ def training_metrics(cycles_done: int, rl_steps: int, opd_steps: int, extra_step
             if phase == 2.0:
                 kl = 0.2 * math.exp(-(in_cycle - rl_steps) / max(opd_steps, 1)) + 0.02 * k + rng.uniform(0, 0.01)
                 pts.append({"expert": i, "key": "opd/kl", "step": step, "value": round(kl, 4)})
-        dip = 0.93 if phase == 1.0 else 0.96
-        mean_overlap = round(dip + rng.uniform(-0.01, 0.01), 4)
-        pts.append({"expert": None, "key": "overlap/mean", "step": step, "value": mean_overlap})
+    for cycle in range(1, cycles_done + 1):  # run-level means, step = cycle: a dip after Phase I, recovered after II
+        for key, level in (("overlap_rl/mean", 0.93), ("overlap/mean", 0.96),
+                           ("overlap_top1_rl/mean", 0.83), ("overlap_top1/mean", 0.86)):
+            pts.append({"expert": None, "key": key, "step": cycle, "cycle": cycle,
+                        "value": round(level + rng.uniform(-0.01, 0.01), 4)})
     if merged:
         step = cycles_done * per_cycle
         vals = {d: round(min(0.99, acc(d, d, cycles_done) + 0.02 * strength), 4) for d in names}
@@ -167,6 +171,8 @@ def seed_all(http: httpx.Client, big_points: int = 100_000) -> dict[str, int]:
     s.progress(rid, 2, "eval", {}, progress=1.0)
     s.to(rid, "completed")
 
+    seed_experiment(s)
+
     # One run in every other state.
     s.create("draft-run")
     s.to(s.create("queued-run"), "start")
@@ -189,3 +195,43 @@ def running_run(http: httpx.Client, name: str) -> int:
     s.to(rid, "start", "running")
     s.checkpoint(rid, "text", 1, 5, {"acc/text": 0.4})
     return rid
+
+
+# The experiment as `copd compare --api` submits it: <suite>-<entry>-s<seed>, final accuracies chosen so
+# that the paired differences are known: copd − mixed = +0.03 (s0), +0.01 (s1) → +0.020 ± 0.014.
+EXPERIMENT = {("copd", 0): 0.43, ("copd", 1): 0.41, ("copd_step", 0): 0.44, ("copd_step", 1): 0.40,
+              ("mixed_rlvr", 0): 0.40, ("mixed_rlvr", 1): 0.40}
+
+
+def experiment_metrics(entry: str, seed: int, cycles: int = 2, per_cycle: int = 5) -> list[dict[str, Any]]:
+    """Points (with their cycle) of one run of the experiment: accuracy per cycle, run-level overlap after each
+    phase (a dip after Phase I, a recovery after Phase II) for the experts' strategies, the merged model."""
+    names = [n for n, _ in EXPERTS]
+    final = EXPERIMENT[(entry, seed)]
+    pts: list[dict[str, Any]] = []
+    for c in range(cycles + 1):
+        acc = round(0.25 + (final - 0.25) * c / cycles, 4)
+        who = names if c == 0 or entry != "mixed_rlvr" else ["mixed"]
+        for e in who:
+            for d in names:
+                pts.append({"expert": e, "key": f"acc/{d}", "step": c * per_cycle, "cycle": c,
+                            "value": acc if e in (d, "mixed") else round(acc - 0.05, 4)})
+        if c and entry != "mixed_rlvr":
+            for key, value in (("overlap_rl/mean", 0.90), ("overlap/mean", 0.95),
+                               ("overlap_top1_rl/mean", 0.70), ("overlap_top1/mean", 0.80)):
+                pts.append({"expert": None, "key": key, "step": c, "cycle": c, "value": value + 0.01 * seed})
+    for d in names:
+        pts.append({"expert": "merged", "key": f"acc/{d}", "step": cycles * per_cycle, "cycle": cycles, "value": final})
+    return pts
+
+
+def seed_experiment(s: Seeder) -> None:
+    for (entry, seed) in EXPERIMENT:
+        more: dict[str, Any] = {"seed": seed}
+        if entry == "copd_step":
+            more["opd"] = {"teacher_sync": "step"}
+        rid = s.create(f"exp-{entry}-s{seed}", strategy="mixed_rlvr" if entry == "mixed_rlvr" else "copd", **more)
+        s.to(rid, "start", "running")
+        s.metrics(rid, experiment_metrics(entry, seed))
+        s.progress(rid, 2, "merge", {}, progress=1.0)
+        s.to(rid, "completed")

@@ -60,7 +60,7 @@ def test_metrics_are_downsampled_by_the_api(api_server: ApiProcess, api: Api) ->
     assert big["step"].is_monotonic_increasing and big["step"].iloc[-1] == 100_000
     assert list(big.columns) == ["expert", "key", "step", "value"]
     run_level = api.metrics(api_server.ids["copd-live"], key="overlap/mean", expert="")
-    assert run_level["expert"].isna().all() and len(run_level) == 162
+    assert run_level["expert"].isna().all() and list(run_level["step"]) == [1, 2, 3]  # one point a cycle
 
 
 def test_token_from_the_data_folder(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

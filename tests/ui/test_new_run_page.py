@@ -19,9 +19,12 @@ def test_create_from_the_form_opens_the_new_run(ui_env: ApiProcess) -> None:
     at.selectbox(key="nr_topology").set_value("hub:text")
     at.number_input(key="nr_schedule_cycles").set_value(3)
     at.number_input(key="nr_opd_beta").set_value(0.5)
+    assert at.selectbox(key="nr_opd_teacher_sync").value == "phase"  # the spec's default
+    at.selectbox(key="nr_opd_teacher_sync").set_value("step")
     button(at, "Create run").click().run()
     no_traceback(at)
     [run] = run_named(ui_env, "ui-form-run")
+    assert run["opd"]["teacher_sync"] == "step"
     assert at.query_params["run"] == str(run["id"])
     assert at.title[0].value == "ui-form-run"
     assert f"Created run #{run['id']}" in shown(at, "success")

@@ -45,13 +45,15 @@ def test_live_run_shows_status_views_knobs_checkpoints_and_events(ui_env: ApiPro
     experts = at.table[0].value
     assert list(experts["current unit"]) == ["c3/rl/text", "c3/rl/image", "c3/rl/video"]
     assert {"Pause", "Cancel"} <= {b.label for b in at.button} and "Start" not in {b.label for b in at.button}
-    # accuracy: one chart per domain; reward and KL; the overlap heat map; the engine's logprob gap and memory
+    # accuracy: one chart per domain; reward and KL; overlap over phases and the heat map; the engine's
+    # logprob gap and memory
     charts = at.get("vega_lite_chart")
-    assert len(charts) == 3 + 2 + 1 + 2
+    assert len(charts) == 3 + 2 + 2 + 2
     assert "accuracy on text" in charts[0].proto.spec and '"strokeWidth"' in charts[0].proto.spec
     assert "Phase II (OPD)" in charts[3].proto.spec
-    assert "overlap at the end of cycle 3" in charts[5].proto.spec
-    assert "rollout/logp_gap" in charts[6].proto.spec and "memory/peak_gb" in charts[7].proto.spec
+    assert "overlap after each phase" in charts[5].proto.spec
+    assert "overlap at the end of cycle 3" in charts[6].proto.spec
+    assert "rollout/logp_gap" in charts[7].proto.spec and "memory/peak_gb" in charts[8].proto.spec
     assert at.slider(key=f"ov_cycle_{ui_env.ids['copd-live']}").value == 3
     # OPD mixing: values, history with where each version was applied
     text = shown(at)
@@ -84,6 +86,20 @@ def test_overlap_slider_picks_the_cycle(ui_env: ApiProcess) -> None:
     at.radio(key=f"ov_kind_{rid}").set_value("top-1").run()
     assert "top-1 overlap at the end of cycle 1" in overlap_chart(at).proto.spec
     no_traceback(at)
+
+
+def test_overlap_over_phases(ui_env: ApiProcess) -> None:
+    """The run-level overlap after Phase I (c − ½) and after Phase II (c) of every cycle, top-k and top-1."""
+    at = open_page("run", run=str(ui_env.ids["copd-live"]))
+    no_traceback(at)
+    chart = next(c for c in at.get("vega_lite_chart") if "overlap after each phase" in c.proto.spec)
+    import pyarrow as pa
+
+    data = pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_all().to_pandas()
+    top1 = data[data["measure"] == "top-1"].sort_values("position")
+    assert list(top1["position"]) == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    assert (top1["overlap"].iloc[1::2].to_numpy() > top1["overlap"].iloc[0::2].to_numpy()).all()  # OPD recovers
+    assert set(data["measure"]) == {"top-1", "top-k"}
 
 
 def test_finished_run_has_a_bold_merged_line_and_no_knob_editor(ui_env: ApiProcess) -> None:

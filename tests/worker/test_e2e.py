@@ -137,3 +137,31 @@ def _processes_using(data_dir: Path) -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+@pytest.mark.redis
+def test_lockstep_phase_two_through_workers(make_stack, redis_url):
+    """opd.teacher_sync: step through two real workers: Phase II of each cycle is one unit (`c<c>/lockstep`)
+    that one worker runs for all three experts; the join moves on from its done marker; every expert gets
+    its Phase II steps, its `c<c>-opd` checkpoint and the overlap after each phase."""
+    stack = make_stack(broker_url=redis_url)
+    stack.start_api()
+    stack.start_worker("w1")
+    stack.start_worker("w2")
+    spec = tiny_spec(opd={"teacher_sync": "step"}, schedule={"cycles": 2, "rl_steps": 1, "opd_steps": 2})
+    with stack.client() as api:
+        run = api.create_run(spec)
+        assert run.opd.teacher_sync == "step"
+        api.start(run.id)
+        stack.wait(lambda: api.get_run(run.id).phase == "lockstep", 240, "a lockstep Phase II")
+        stack.wait_status(api, run.id, {"completed"}, 300)
+        root = stack.data_dir / "runs" / str(run.id)
+        points = check_completed_run(api, run.id, spec, root)
+        for c in (1, 2):
+            assert (root / "units" / f"c{c}_lockstep.done").exists()
+            assert not list((root / "units").glob(f"c{c}_opd_*.done"))
+            assert (None, "overlap_rl/mean", c) in points and (None, "overlap/mean", c) in points
+        for e in ("text", "image", "video"):
+            assert sorted(s for (x, k, s) in points if x == e and k == "opd/kl") == [2, 3, 5, 6]
+            assert {k for (x, k, s) in points if x == e and k.startswith("opd/kl/")} == \
+                {f"opd/kl/{t}" for t in ("text", "image", "video") if t != e}

@@ -144,6 +144,10 @@ def form_spec() -> dict[str, Any]:
         o = DEFAULTS["opd"]
         opd = _number_fields("opd", [("beta", o["beta"], 0.1), ("prompts_per_step", o["prompts_per_step"], 1),
                                      ("samples_per_prompt", o["samples_per_prompt"], 1)])
+        opd["teacher_sync"] = st.selectbox(
+            "teachers (opd.teacher_sync)", ["phase", "step"], key="nr_opd_teacher_sync",
+            help="phase: the peers as Phase I left them, one unit per expert; step: the peers' current weights "
+                 "at every step, every expert in one lockstep unit (docs/trainer.md, Live teachers)")
     with st.expander("Evaluation", expanded=bool(_errors_under("eval"))):
         evaluation = _number_fields("eval", [("prompts", DEFAULTS["eval"]["prompts"], 1)])
     return {"name": name.strip(), "base_model": base.strip(), "strategy": strategy, "experts": experts,

@@ -153,11 +153,26 @@ def step_views(api: Api, run_id: int, experts: list[str], keys: tuple[str, str])
                "min/max-downsampled by the API.")
 
 
+OVERLAP_PHASE_KEYS = (M.OVERLAP_MEAN.key, M.OVERLAP_TOP1_MEAN.key, M.OVERLAP_RL_MEAN.key, M.OVERLAP_TOP1_RL_MEAN.key)
+
+
 def overlap_view(api: Api, run_id: int, experts: list[str], acc: pd.DataFrame) -> None:
-    kind = st.radio("measure", ["top-k", "top-1"], horizontal=True, key=f"ov_kind_{run_id}")
-    prefix = M.OVERLAP.prefix if kind == "top-k" else M.OVERLAP_TOP1.prefix
+    """The run-level overlap after each phase of every cycle, then one cycle's expert × expert matrix."""
     try:
-        overlap = _series(api, run_id, [f"{prefix}{j}" for j in experts], EVAL_POINTS)
+        phases = frames.overlap_phases(_series(api, run_id, list(OVERLAP_PHASE_KEYS), EVAL_POINTS, cycle=True))
+    except ApiError as err:
+        show_error(err, "Could not load overlap")
+        return
+    if not phases.empty:
+        st.altair_chart(charts.overlap_phase_chart(phases[phases["position"] > 0]), width="stretch")
+        st.caption("Mean over every ordered pair of experts, measured on each expert's own samples: after Phase I "
+                   "(RLVR) the experts drift apart, mutual OPD in Phase II brings them back.")
+    kind = st.radio("measure", ["top-k", "top-1"], horizontal=True, key=f"ov_kind_{run_id}")
+    after = st.radio("after", ["Phase II (cycle end)", "Phase I"], horizontal=True, key=f"ov_after_{run_id}")
+    keys = ((M.OVERLAP, M.OVERLAP_TOP1) if after.startswith("Phase II") else (M.OVERLAP_RL, M.OVERLAP_TOP1_RL))
+    prefix = keys[0].prefix if kind == "top-k" else keys[1].prefix
+    try:
+        overlap = _series(api, run_id, [f"{prefix}{j}" for j in experts], EVAL_POINTS, cycle=True)
     except ApiError as err:
         show_error(err, "Could not load overlap")
         return
@@ -171,8 +186,8 @@ def overlap_view(api: Api, run_id: int, experts: list[str], acc: pd.DataFrame) -
     if matrix.empty:
         st.info(f"No overlap reported for cycle {cycle}.")
         return
-    st.altair_chart(charts.overlap_heatmap(matrix, experts, f"{kind} overlap at the end of cycle {cycle}"),
-                    width="content")
+    where = f"at the end of cycle {cycle}" if after.startswith("Phase II") else f"after Phase I of cycle {cycle}"
+    st.altair_chart(charts.overlap_heatmap(matrix, experts, f"{kind} overlap {where}"), width="content")
 
 
 @st.fragment(run_every=CHARTS_S)
