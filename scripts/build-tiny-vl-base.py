@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Build the base model that `builtin:tiny-vl` ships for builtin:arith, builtin:shapes and builtin:motion
+(trainer/assets/tiny-vl-base/): the model the warm start would build on a user's machine with the default
+recipe and seed 0, built once here so that a run loads it in a second.
+
+    python scripts/build-tiny-vl-base.py      # rebuild it (see warmstart.json for how long it took)
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from contract.spec import TinyModelSpec  # noqa: E402
+from trainer.domains import load_domain  # noqa: E402
+from trainer.tiny_vl import SHIPPED_VL_BASE, load_builtin_tiny_vl  # noqa: E402
+
+DOMAINS = ("builtin:arith", "builtin:shapes", "builtin:motion")
+
+
+def main() -> None:
+    torch.set_num_threads(1)  # as a run of builtin:tiny-vl does (trainer.models.configure_torch)
+    domains = [load_domain(k, seed=0) for k in DOMAINS]
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as cache:
+        shutil.rmtree(SHIPPED_VL_BASE, ignore_errors=True)
+        _, _, folder = load_builtin_tiny_vl(TinyModelSpec(), domains, 0, Path(cache), print)
+        SHIPPED_VL_BASE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(folder, SHIPPED_VL_BASE)
+    print(f"wrote {SHIPPED_VL_BASE} in {time.time() - t0:.0f}s:",
+          ", ".join(f"{p.name} {p.stat().st_size / 1e6:.2f} MB" for p in sorted(SHIPPED_VL_BASE.iterdir())))
+
+
+if __name__ == "__main__":
+    main()
