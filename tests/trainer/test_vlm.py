@@ -248,3 +248,20 @@ def test_merged_vl_checkpoint_reloads_through_copd(tmp_path, tiny_vl, domains):
     ref = HFEngine(model2, processor).sample([domains["builtin:shapes"].eval[0].model_input], 1, temperature=1.0,
                                              max_new_tokens=3, greedy=True)
     assert roll.texts == ref.texts and torch.allclose(roll.logp, ref.logp, atol=1e-6)
+
+
+def test_dataset_rows_with_image_bytes(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    from contract.spec import DatasetDomain
+
+    rows = [{"prompt": "red?", "answer": str(i), "image": {"bytes": png(Image.new("RGB", (28, 28), (60 * i, 0, 0))),
+                                                           "path": None}} for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    d = load_domain(DatasetDomain(path=str(tmp_path / "t.parquet"), image_field="image", eval={"fraction": 0.25}), 0)
+    assert len(d.train) == 3 and len(d.eval) == 1 and all(isinstance(s.images[0], bytes) for s in d.train)
+    bad = [{**rows[0], "image": {"bytes": b"junk", "path": None}}, rows[1]]
+    pq.write_table(pa.Table.from_pylist(bad), tmp_path / "bad.parquet")
+    with pytest.raises(DomainError, match=r"bad\.parquet: row 1: field 'image': not a readable image"):
+        load_domain(DatasetDomain(path=str(tmp_path / "bad.parquet"), image_field="image"), 0)
