@@ -265,3 +265,16 @@ def test_dataset_rows_with_image_bytes(tmp_path):
     pq.write_table(pa.Table.from_pylist(bad), tmp_path / "bad.parquet")
     with pytest.raises(DomainError, match=r"bad\.parquet: row 1: field 'image': not a readable image"):
         load_domain(DatasetDomain(path=str(tmp_path / "bad.parquet"), image_field="image"), 0)
+
+
+def test_the_shipped_tiny_vl_base_fits_the_example(domains):
+    from contract.spec import load_spec
+    from trainer.tiny_vl import shipped_vl_base
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "copd-tiny-vl.yaml")
+    folder = shipped_vl_base(spec.tiny, [load_domain(e.domain, spec.seed) for e in spec.experts])
+    assert folder is not None
+    model, processor = load_pretrained(str(folder))
+    assert isinstance(processor, VisionProcessor) and model.config.model_type == "qwen2_vl"
+    meta = json.loads((folder / "warmstart.json").read_text())
+    assert all(spec.tiny.target_low <= a <= spec.tiny.target_high for a in meta["sampled_accuracy"].values())
