@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from trainer.rollout import Rollout, TokenBatch, completion_mask, render_prompt, shared_prompt_rows
+from trainer.rollout import Rollout, TokenBatch, completion_mask, render_prompt
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 IMAGE_TOKEN = "<|image_pad|>"
@@ -283,14 +283,25 @@ def continue_forward(model, ids: Tensor, keys: Tensor, positions: Tensor, cache,
     return out.logits if project else out.hidden_states[-1]
 
 
+def prompt_group(row_prompt: Tensor) -> int:
+    """g > 1 when every run of g consecutive rows has one prompt (by `row_prompt`, not by token ids: two
+    pictures with the same question have the same ids), else 1."""
+    n = row_prompt.shape[0]
+    if n < 2:
+        return 1
+    same = row_prompt[1:] == row_prompt[:-1]
+    g = n if bool(same.all()) else int(same.long().argmin()) + 1
+    if g < 2 or n % g:
+        return 1
+    return g if bool((row_prompt.view(-1, g) == row_prompt[::g, None]).all()) else 1
+
+
 def visual_forward(model, batch: VisualTokenBatch, *, project: bool = True) -> Tensor:
     """Logits [N, T, V] (or the last hidden states [N, T, D]) predicting each completion token, with each
     row's images. Every g consecutive rows of one prompt share one prefill (the cache is repeated g times,
     differentiably: the gradients of the g rows sum), as the sampler does."""
     n, t = batch.completion_ids.shape
-    g = shared_prompt_rows(batch)
-    if g < 2 or not bool((batch.row_prompt.view(-1, g) == batch.row_prompt[::g, None]).all()):
-        g = 1
+    g = prompt_group(batch.row_prompt)
     ids, mask = batch.prompt_ids[::g], batch.prompt_mask[::g]                       # [U, P]
     last, cache, pos = prefill(model, ids, mask, batch.visual.select(batch.row_prompt[::g]), project=project)
     first = last.unsqueeze(1).repeat_interleave(g, 0)                              # [N, 1, ·] predicts token 0

@@ -158,6 +158,13 @@ def test_visual_spec_fields_are_validated():
         parse_spec({"name": "r", "base_model": "m", "experts": [experts[0], {"name": "i", "domain": both}]})
 
 
+def test_prompt_groups_come_from_the_rows_prompts_not_their_token_ids():
+    from trainer.vlm import prompt_group
+    assert prompt_group(torch.tensor([0, 0, 0, 1, 1, 1])) == 3
+    assert prompt_group(torch.tensor([0, 0, 1, 1, 1, 2])) == 1
+    assert prompt_group(torch.tensor([4, 1, 2])) == 1 and prompt_group(torch.tensor([7])) == 1
+
+
 def test_teacher_scores_the_students_tokens_with_the_same_images(domains, tiny_vl):
     student, processor = tiny_vl
     teacher = HFEngine(build_tiny_vl(SMALL, processor, seed=1), processor)
