@@ -3,6 +3,7 @@
 # Prints rollout and training tokens/s, peak memory and whether the losses are finite; < 8 min on one H100.
 #   bench/gpu_check.sh                   # the check
 #   bench/gpu_check.sh --engine vllm     # the same with vLLM rollouts (pip install vllm first: docs/vllm.md)
+#   bench/gpu_check.sh --vl              # a ~2B random Qwen2-VL: an image and a video expert (docs/vlm.md)
 # Extra arguments go to `python -m bench.gpu_check` (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,8 +15,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
                       model_validator)
 
-from contract.vocab import (BUILTIN_DOMAINS, DOMAIN_TYPES, EXTRACTS, NAME_RE, RESERVED_EXPERT_NAMES, STRATEGIES, VERIFIERS, Extract,
-                            StrategyName, Verifier)
+from contract.vocab import (BUILTIN_DOMAINS, DOMAIN_TYPES, EXTRACTS, NAME_RE, RESERVED_EXPERT_NAMES, STRATEGIES,
+                            TEXT_ONLY_BASES, VERIFIERS, VISUAL_DOMAINS, Extract, StrategyName, Verifier)
 
 MergeMethod = Literal["average", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
 MERGE_METHODS: tuple[str, ...] = ("average", "task_arithmetic", "ties", "dare_linear", "dare_ties")
@@ -84,7 +84,31 @@ class _Scored(_Model):
         return self
 
 
-class JsonlDomain(_Scored):
+class _Visual(_Model):
+    """Where a record's images or a video's frames are (docs/vlm.md); a text domain names neither."""
+
+    image_field: str | None = Field(None, min_length=1, description="Record field holding the prompt's image(s): a "
+                                    "path (relative to the data file), a list of paths, {bytes | path}, or a data: URI.")
+    video_field: str | None = Field(None, min_length=1, description="Record field holding a video as its frames: a "
+                                    "list of image paths / bytes in order, or a folder of frame images (name order).")
+
+    @model_validator(mode="after")
+    def _one_visual_field(self) -> "_Visual":
+        if self.image_field is not None and self.video_field is not None:
+            raise ValueError("video_field: give image_field or video_field, not both")
+        text = {getattr(self, k, None) for k in ("prompt_field", "answer_field", "prompt_key", "answer_key")} - {None}
+        for k in ("image_field", "video_field"):
+            if getattr(self, k) is not None and getattr(self, k) in text:
+                raise ValueError(f"{k}: must differ from the prompt and answer fields")
+        return self
+
+    @property
+    def visual(self) -> bool:
+        """True when the domain's prompts carry images or frames."""
+        return self.image_field is not None or self.video_field is not None
+
+
+class JsonlDomain(_Scored, _Visual):
     """A domain read from a JSON-lines file of records with a prompt and an answer."""
 
     type: Literal["jsonl"] = "jsonl"
@@ -111,7 +135,7 @@ class EvalSource(_Model):
         return self
 
 
-class DatasetDomain(_Scored):
+class DatasetDomain(_Scored, _Visual):
     """A domain read from a dataset as the RL ecosystem ships it (verl / TRL / OpenRLHF; docs/data.md)."""
 
     type: Literal["dataset"] = "dataset"
@@ -441,7 +465,8 @@ class RunSpec(_Model):
 
     name: str = Field(pattern=NAME_RE, description="Run name: letters, digits, '_' or '-', at most 64.")
     base_model: str = Field("builtin:tiny", min_length=1,
-                            description="'builtin:tiny', a local Hugging Face folder, or a hub id.")
+                            description="'builtin:tiny', 'builtin:tiny-vl' (with a vision tower), a local Hugging "
+                                        "Face folder, or a hub id (a causal LM, or an image-text-to-text model).")
     strategy: StrategyName = Field("copd", description="copd | independent | independent_merge | mixed_rlvr | static_opd | mopd")
     experts: list[ExpertSpec] = Field(min_length=1, max_length=64)
     topology: str = Field("all_pairs", description="'all_pairs', or 'hub:<expert>' (hub-and-spoke).")
@@ -485,6 +510,12 @@ class RunSpec(_Model):
             unknown = sorted(set(self.merge.weights) - set(names))
             if unknown:
                 raise ValueError(f"merge.weights: unknown expert(s) {', '.join(unknown)}")
+        if self.base_model in TEXT_ONLY_BASES:
+            for i, e in enumerate(self.experts):
+                d = e.domain
+                if (d in VISUAL_DOMAINS) if isinstance(d, str) else d.visual:
+                    raise ValueError(f"experts.{i}.domain: its prompts have images, but base_model {self.base_model} "
+                                     "has no vision tower; use builtin:tiny-vl or a vision-language model")
         if self.strategy == "copd" and len(names) < 2:
             raise ValueError("experts: strategy copd needs at least 2 experts")
         self._check_baseline_fields(names)

@@ -73,7 +73,10 @@ BUILTIN_DOMAINS: tuple[str, ...] = (
     # conflict domains (trainer/domains/marked.py), for the divergence-cost suites
     "builtin:marked_sum", "builtin:marked_absdiff", "builtin:marked_max",
     "builtin:offset_0", "builtin:offset_1", "builtin:offset_2",
-    "builtin:implicit_sum", "builtin:implicit_absdiff", "builtin:implicit_max")
+    "builtin:implicit_sum", "builtin:implicit_absdiff", "builtin:implicit_max",
+    # rendered image and video domains (trainer/domains/visual.py): their prompts carry images
+    "builtin:shapes", "builtin:motion")
+VISUAL_DOMAINS: tuple[str, ...] = ("builtin:shapes", "builtin:motion")
 
 Verifier = Literal["exact", "numeric", "choice", "regex", "math"]
 VERIFIERS: tuple[str, ...] = get_args(Verifier)
@@ -82,7 +85,8 @@ Extract = Literal["last", "first", "hash", "boxed", "answer_tag", "whole"]
 EXTRACTS: tuple[str, ...] = get_args(Extract)
 DOMAIN_TYPES: tuple[str, ...] = ("jsonl", "dataset")  # besides a builtin name
 
-BASE_MODELS: tuple[str, ...] = ("builtin:tiny",)  # besides a local Hugging Face folder or a hub id
+BASE_MODELS: tuple[str, ...] = ("builtin:tiny", "builtin:tiny-vl")  # besides a local Hugging Face folder or a hub id
+TEXT_ONLY_BASES: tuple[str, ...] = ("builtin:tiny",)  # builtin bases without a vision tower
 
 # Model names that are not experts: metric series and checkpoint folders of the merged all-in-one model,
 # the untrained base, mixed RLVR's one policy and the static-OPD / MOPD student.

@@ -13,8 +13,8 @@ class DataCheckError(Exception):
 
 def prompt_renderer(base_model: str, echo: Callable[[str], None]):
     """(tokenizer or None, note): the base model's tokenizer for its chat template; builtin:tiny has none."""
-    if base_model == "builtin:tiny":
-        return None, "builtin:tiny: no chat template, chat messages' contents one per line"
+    if base_model in ("builtin:tiny", "builtin:tiny-vl"):
+        return None, f"{base_model}: no chat template, chat messages' contents one per line"
     try:
         from transformers import AutoTokenizer
 
@@ -52,7 +52,13 @@ def check_domains(spec: RunSpec, rows: int, echo: Callable[[str], None]) -> bool
         echo(f"\n== {expert.name}: {domain.key}")
         echo(f"rows: train {len(domain.train)}, eval {len(domain.eval)}; verifier {vname}")
         sample = domain.train[0]
-        shown = render_prompt(tok, sample.model_input)
+        if sample.images:  # the images (a video's frames) go before the text (docs/vlm.md)
+            from trainer.domains.images import open_image
+
+            sizes = ", ".join("x".join(map(str, open_image(im).size)) for im in sample.images[:8])
+            shown = f"[{len(sample.images)} image(s): {sizes}] " + render_prompt(tok, sample.prompt)
+        else:
+            shown = render_prompt(tok, sample.model_input)
         echo("prompt (train row 1, as the model sees it):")
         echo("  " + shown.replace("\n", "\n  "))
         echo(f"answer: {sample.answer!r}")

@@ -86,7 +86,9 @@ def run_summary(out: Path, n_eval: int | None = None) -> str:
             parts += ["Held-out accuracy (greedy) per domain:", format_table(domains, rows, n_eval), ""]
     parts.append(f"metrics      {metrics}   (one JSON point a line; events in {out / 'events.jsonl'})")
     if (out / "final").exists():
-        parts.append(f"final model  {out / 'final'}   (AutoModelForCausalLM.from_pretrained)")
+        vl = (out / "final" / "preprocessor_config.json").exists()  # a vision-language model (docs/vlm.md)
+        loader = "AutoModelForImageTextToText + AutoProcessor" if vl else "AutoModelForCausalLM"
+        parts.append(f"final model  {out / 'final'}   ({loader}.from_pretrained)")
     parts.append("dashboard    with `copd up` running, `copd runs create SPEC` runs the same spec there and shows"
                  " it in the dashboard (http://127.0.0.1:8501 by default)")
     return "\n".join(parts)

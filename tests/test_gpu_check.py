@@ -26,6 +26,19 @@ def test_gpu_check_script_runs_tiny_on_cpu():
     assert got["logp_gap_mean"] < 1e-4  # the HF engine samples with the trainer's own forward
 
 
+def test_gpu_check_script_runs_tiny_vl_on_cpu():
+    got = run_check("--vl", "--size", "tiny", "--dtype", "fp32", timeout=300)
+    assert got["steps"] == 6 and got["losses_finite"] and got["logp_gap_mean"] < 1e-4
+    assert set(got["merged_acc"]) == {"acc/image", "acc/video"}
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_check_two_billion_vl_bf16():
+    got = run_check("--vl", timeout=560)
+    assert got["device"] != "no GPU (CPU)" and got["losses_finite"]
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_gpu_check_half_billion_bf16():

@@ -75,8 +75,16 @@ def place(model, compute: ComputeSpec, device: torch.device, *, trainable: bool)
 
 
 def student_engine(rollout: RolloutSpec, compute: ComputeSpec, model, tokenizer, folder: Path, seed: int) -> RolloutEngine:
-    """The engine that samples the student's rollouts: HF on the live model, or a colocated vLLM."""
-    if engine_kind(rollout) == "hf":
+    """The engine that samples the student's rollouts: HF on the live model, or a colocated vLLM.
+
+    A vision-language model (its tokenizer has an image processor, trainer/vlm.py) samples with HF: copd's
+    vLLM engine passes no images yet (docs/vlm.md); `auto` picks HF for it, an explicit `vllm` is refused.
+    """
+    visual = getattr(tokenizer, "image_processor", None) is not None
+    if visual and rollout.engine == "vllm":
+        raise RuntimeError("rollout.engine: vllm does not take images in copd yet; use engine: hf or auto for a "
+                           "vision-language base model (docs/vlm.md)")
+    if engine_kind(rollout) == "hf" or visual:
         return HFEngine(model, tokenizer)
     try:
         from trainer.vllm_engine import VllmEngine

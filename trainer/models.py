@@ -10,7 +10,8 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from dataclasses import replace
+from typing import Any, Callable, Sequence
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -39,7 +40,8 @@ def configure_torch(base_model: str = "") -> None:
     here with 2 threads vs 1 on 2 busy cores). Real models keep torch's default (all cores).
     """
     threads = os.environ.get("COPD_TORCH_THREADS", "")
-    n = int(threads) if threads.isdigit() and int(threads) > 0 else (1 if base_model == "builtin:tiny" else 0)
+    tiny = base_model in ("builtin:tiny", "builtin:tiny-vl")
+    n = int(threads) if threads.isdigit() and int(threads) > 0 else (1 if tiny else 0)
     if n and torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
@@ -118,7 +120,8 @@ def sampled_accuracy(engine: HFEngine, domain: Domain, samples: Sequence[Sample]
 
 
 def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpec, seed: int,
-               on_check: Callable[[int, list[float]], None] | None = None) -> list[float]:
+               on_check: Callable[[int, list[float]], None] | None = None,
+               sft_loss: Callable[[Any, Any, Sequence[Sample]], torch.Tensor] | None = None) -> list[float]:
     """Supervised pass over the domains' train splits until each sits in [target_low, target_high].
 
     A domain whose sampled accuracy passes ~0.35, or that is in the band while another is still below it,
@@ -139,8 +142,11 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
         pool = [i for i, a in enumerate(active) if a] or list(range(len(domains)))
         per = max(1, recipe.warmstart_batch // len(pool))
         batch = [_with_habit(domains[i], s, rng) for i in pool for s in rng.sample(data[i], min(per, len(data[i])))]
-        ids, mask, lab = _sft_batch(tokenizer, batch)
-        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        if sft_loss is not None:  # e.g. prompts with images (trainer/tiny_vl.py)
+            loss = sft_loss(model, tokenizer, batch)
+        else:
+            ids, mask, lab = _sft_batch(tokenizer, batch)
+            loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -176,7 +182,7 @@ def _with_habit(domain: Domain, sample: Sample, rng: random.Random) -> Sample:
     """The sample, or (HABIT_SHARE of the time, for a domain with a habit) the same prompt with the habit's answer."""
     if domain.habit is None or rng.random() >= HABIT_SHARE:
         return sample
-    return Sample(sample.prompt, domain.habit(sample))
+    return replace(sample, answer=domain.habit(sample))
 
 
 def shipped_base(recipe: TinyModelSpec, domains: Sequence[Domain], folder: Path = SHIPPED_BASE) -> Path | None:
@@ -239,7 +245,12 @@ def load_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], seed: in
 
 
 def load_pretrained(path: str, dtype: torch.dtype = torch.float32):
-    """Model and tokenizer from a local HF folder or hub id (left padding, a pad token)."""
+    """Model and tokenizer from a local HF folder or hub id (left padding, a pad token); a vision-language
+    model's tokenizer is a trainer.vlm.VisionProcessor (its tokenizer and image processor)."""
+    from trainer.vlm import is_vl_model, load_vl
+
+    if is_vl_model(path):
+        return load_vl(path, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:

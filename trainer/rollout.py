@@ -209,6 +209,9 @@ def token_topk(model, batch: TokenBatch, k: int) -> Tensor:
 def _forward(model, batch: TokenBatch, *, project: bool) -> Tensor | None:
     """Logits [N, T, V] (project) or the last hidden states [N, T, D] predicting each completion token; None
     when a hidden-state forward is not available for this model."""
+    own = getattr(batch, "model_forward", None)
+    if own is not None:  # prompts with images: trainer.vlm.VisualTokenBatch runs its own forward
+        return own(model, project=project)
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     # the sampler attends to every generated token, EOS padding included; do the same so logprobs match.
     attn = torch.cat([batch.prompt_mask, torch.ones_like(batch.completion_ids)], dim=1)
@@ -509,6 +512,9 @@ class HFEngine:
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], n: int, *, temperature: float, max_new_tokens: int,
                greedy: bool = False) -> Rollout:
+        own = getattr(self.tokenizer, "sample_rollout", None)
+        if own is not None:  # a vision-language model: trainer.vlm.VisionProcessor samples with the prompts' images
+            return own(self.model, prompts, n, temperature=temperature, max_new_tokens=max_new_tokens, greedy=greedy)
         ids, mask = (x.to(self.device) for x in encode_prompts(self.tokenizer, prompts))   # [U, P]
         lean = LeanDecoder.of(self.model)
         if lean is not None:  # each prompt prefilled once for its n samples

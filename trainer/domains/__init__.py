@@ -17,7 +17,7 @@ import random
 from typing import Callable
 
 from contract.spec import DatasetDomain, JsonlDomain
-from trainer.domains import arith, dataset, frames, grid, jsonl, marked
+from trainer.domains import arith, dataset, frames, grid, jsonl, marked, visual
 from trainer.domains.base import Domain, DomainError, Sample, Verifier, draw_splits, held_out
 
 __all__ = ["BUILTINS", "Domain", "DomainError", "Sample", "Verifier", "draw_splits", "held_out", "load_domain"]
@@ -28,11 +28,15 @@ BUILTINS: dict[str, Callable[[int], Domain]] = {
     "builtin:grid": grid.build,
     "builtin:frames": frames.build,
     **{key: functools.partial(marked.build, key) for key in marked.KEYS},
+    visual.SHAPES_KEY: visual.build_shapes,   # rendered image and video domains (trainer/domains/visual.py)
+    visual.MOTION_KEY: visual.build_motion,
 }
 
 
 # Sample generators of the builtin domains that have a held-out pool (the warm start draws fresh train prompts).
-DRAWS: dict[str, Callable[[random.Random], Sample]] = {arith.KEY: arith.draw, grid.KEY: grid.draw, frames.KEY: frames.draw}
+DRAWS: dict[str, Callable[[random.Random], Sample]] = {arith.KEY: arith.draw, grid.KEY: grid.draw, frames.KEY: frames.draw,
+                                                       visual.SHAPES_KEY: visual.draw_shapes,
+                                                       visual.MOTION_KEY: visual.draw_motion}
 
 
 def fresh_train_samples(key: str, seed: int, n: int) -> list[Sample] | None:
@@ -42,7 +46,7 @@ def fresh_train_samples(key: str, seed: int, n: int) -> list[Sample] | None:
     rng, out = random.Random(f"{key}/warm/{seed}"), []
     while len(out) < n:
         s = DRAWS[key](rng)
-        if not held_out(key, s.prompt):
+        if not held_out(key, s.pool_key):
             out.append(s)
     return out
 

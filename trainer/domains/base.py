@@ -40,13 +40,31 @@ class Sample:
     answer: str
     messages: tuple[Message, ...] | None = field(default=None, repr=False)
     row: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    # The prompt's images, in order (a video: its frames), each as encoded file bytes or a file path; what a
+    # vision-language model sees before the text (trainer/domains/visual.py). Empty for a text prompt.
+    images: tuple[bytes | str, ...] = field(default=(), repr=False, compare=False)
 
     @property
-    def model_input(self) -> "str | list[dict[str, str]]":
-        """What the rollout engines encode: the prompt text, or the chat messages as [{role, content}]."""
+    def model_input(self) -> "str | list[dict[str, Any]]":
+        """What the rollout engines encode: the prompt text, or the chat messages as [{role, content}]; with
+        images, the (first user) message's content is parts: the images, then the text."""
+        if self.images:
+            from trainer.domains.images import visual_messages
+            return visual_messages(self)
         if self.messages is None:
             return self.prompt
         return [{"role": r, "content": c} for r, c in self.messages]
+
+    @property
+    def pool_key(self) -> str:
+        """What tells prompts apart for splits and the held-out pool: the text, and the images when there are any."""
+        if not self.images:
+            return self.prompt
+        h = hashlib.blake2b(digest_size=8)
+        for im in self.images:
+            h.update(im if isinstance(im, bytes) else im.encode())
+            h.update(b"\0")
+        return f"{self.prompt}\0{h.hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -117,7 +135,7 @@ def draw_splits(rng: random.Random, draw: Callable[[random.Random], Sample], n_t
         budget = 50 * (n_train + n_eval)  # a generator this short of distinct prompts is a bug, not bad luck
         for _ in range(budget):
             s = draw(rng)
-            by_prompt.setdefault(s.prompt, s)
+            by_prompt.setdefault(s.pool_key, s)
             if len(by_prompt) == n_train + n_eval:
                 samples = tuple(by_prompt.values())
                 return samples[n_eval:], samples[:n_eval]
@@ -127,9 +145,9 @@ def draw_splits(rng: random.Random, draw: Callable[[random.Random], Sample], n_t
     budget = 50 * (n_train + n_eval)
     for _ in range(budget):
         s = draw(rng)
-        split, cap = (eval_, n_eval) if pool(s.prompt) else (train, n_train)
+        split, cap = (eval_, n_eval) if pool(s.pool_key) else (train, n_train)
         if len(split) < cap:
-            split.setdefault(s.prompt, s)
+            split.setdefault(s.pool_key, s)
         if len(train) == n_train and len(eval_) == n_eval:
             return tuple(train.values()), tuple(eval_.values())
     raise DomainError(f"only {len(train)} train and {len(eval_)} held-out distinct prompts in {budget} draws;"

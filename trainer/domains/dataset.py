@@ -25,6 +25,7 @@ from typing import Any
 from contract.spec import DatasetDomain
 from trainer.domains.base import Domain, DomainError, Sample
 from trainer.domains.jsonl import read_text, split_by_prompt
+from trainer.domains.visual import with_record_images
 from trainer.domains.plugins import build_verifier, dotted
 
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -69,7 +70,8 @@ def samples_of(spec: DatasetDomain, path: str | None, split: str, field: str) ->
         rows = rows[: spec.max_rows]
     if not rows:
         raise DomainError(f"{label}: no rows")
-    return [_sample(row, i, spec, label) for i, row in rows]
+    base = Path(path) if path is not None and Path(path).is_dir() else Path(path or ".").parent
+    return [with_record_images(_sample(row, i, spec, label), row, spec, f"{label}: row {i}", base) for i, row in rows]
 
 
 def read_rows(spec: DatasetDomain, path: str | None, split: str, field: str) -> list[tuple[int, dict]]:

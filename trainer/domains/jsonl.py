@@ -16,6 +16,7 @@ from pathlib import Path
 from contract.spec import JsonlDomain
 from trainer.domains.base import Domain, DomainError, Sample
 from trainer.domains.plugins import build_verifier
+from trainer.domains.visual import with_record_images
 
 
 def load_jsonl(spec: JsonlDomain, seed: int) -> Domain:
@@ -47,7 +48,8 @@ def read_samples(spec: JsonlDomain) -> list[Sample]:
     # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends, which are not line ends here.
     for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
-            samples.append(_parse_record(line, f"{path}:{number}", spec))
+            sample = _parse_record(line, f"{path}:{number}", spec)
+            samples.append(with_record_images(sample, sample.row, spec, f"{path}:{number}", Path(path).parent))
     if not samples:
         raise DomainError(f"{path}: no records")
     return samples
@@ -92,7 +94,7 @@ def split_by_prompt(samples: list[Sample], eval_fraction: float, seed: int,
     """(train, eval), chosen by `seed` over distinct prompts so that no prompt is in both; file order kept."""
     groups: dict[str, list[Sample]] = {}
     for s in samples:
-        groups.setdefault(s.prompt, []).append(s)
+        groups.setdefault(s.pool_key, []).append(s)
     if len(groups) < 2:
         raise DomainError(f"{path}: needs at least 2 records with different prompts (one for train, one"
                           f" for eval); found {len(samples)} record(s), {len(groups)} distinct prompt(s)")

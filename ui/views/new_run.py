@@ -103,7 +103,7 @@ def form_spec() -> dict[str, Any]:
     with c[0]:
         field_error("name")
     base = c[1].text_input("Base model", "builtin:tiny", key="nr_base_model",
-                           help="builtin:tiny, a local Hugging Face folder, or a hub id")
+                           help="builtin:tiny, builtin:tiny-vl (with a vision tower), a local Hugging Face folder, or a hub id")
     with c[1]:
         field_error("base_model")
     strategies = {s.name: s.note for s in vocab().strategies}
