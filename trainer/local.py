@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from trainer import provenance
 from trainer.reporter import JsonlReporter, truncate_metrics
 from contract.plan import Unit, plan
 from contract.spec import RunSpec, knobs_from_spec
@@ -71,6 +72,7 @@ def train_local(spec: RunSpec, out: Path, model_cache: Path, *, resume: bool = F
     ctx = RunContext.create(spec, out, model_cache, log_fn)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(spec.model_dump_json(indent=1))
+    provenance.write(out, spec.base_model, ctx.layout.base)  # versions, commit, base model hash
     reporter = JsonlReporter(out, knobs_from_spec(spec), display)
     if display is not None:
         display.start(spec, units, state.completed)
