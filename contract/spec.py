@@ -429,6 +429,9 @@ class TinyModelSpec(_Model):
     warmstart_lr: float = Field(3e-3, gt=0.0, le=1.0)
     target_low: float = Field(0.25, ge=0.0, le=1.0, description="Warm start stops once every domain's sampled accuracy is ≥ this …")
     target_high: float = Field(0.45, ge=0.0, le=1.0, description="… and ≤ this.")
+    seed: int = Field(0, ge=0, le=2**31 - 1,
+                      description="Seed of the base model's initialisation and warm start, separate from the run's"
+                                  " `seed`: runs of many seeds share one base model.")
 
     @model_validator(mode="after")
     def _shape_ok(self) -> "TinyModelSpec":

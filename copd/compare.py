@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from contract import metrics as M
 from contract.spec import RunSpec, SpecError, format_validation_error, load_spec, parse_spec
 from contract.vocab import MERGED, MIXED, STRATEGIES, STUDENT
+from copd.summary import read_provenance
+from trainer.provenance import one_line
 
 
 class SuiteEntry(BaseModel):
@@ -534,6 +536,10 @@ def write_report(suite: Suite, out: Path, seeds: list[int], *, command: str | No
     if walls:
         text += [f"Training time: {sum(walls) / 60:.1f} min summed over {len(walls)} runs (longest {max(walls):.0f} s)"
                  + (f"; {wall_s / 60:.1f} min wall for this invocation." if wall_s else "."), ""]
+    provs = sorted({one_line(p) for e in suite.entries for s in seeds
+                    if (p := read_provenance(out / "runs" / e.name / f"s{s}")) is not None})
+    if provs:
+        text += ["Provenance (each run's provenance.json): " + "; ".join(provs), ""]
     if missing:
         text += [f"Missing or unfinished runs: {', '.join(missing)}", ""]
     if results:

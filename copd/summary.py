@@ -13,6 +13,15 @@ from pathlib import Path
 
 from contract.metrics import ACC
 from contract.vocab import BASE, MERGED
+from trainer.provenance import one_line
+
+
+def read_provenance(out: Path) -> dict | None:
+    """A run folder's provenance.json (versions, commit, base model hash), or None where it has none."""
+    try:
+        return json.loads((Path(out) / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def accuracy_table(metrics: Path) -> tuple[list[str], dict[str, dict[str, float]]]:
@@ -85,6 +94,9 @@ def run_summary(out: Path, n_eval: int | None = None) -> str:
         if rows:
             parts += ["Held-out accuracy (greedy) per domain:", format_table(domains, rows, n_eval), ""]
     parts.append(f"metrics      {metrics}   (one JSON point a line; events in {out / 'events.jsonl'})")
+    prov = read_provenance(out)
+    if prov is not None:
+        parts.append(f"provenance   {out / 'provenance.json'}   ({one_line(prov)})")
     if (out / "final").exists():
         vl = (out / "final" / "preprocessor_config.json").exists()  # a vision-language model (docs/vlm.md)
         loader = "AutoModelForImageTextToText + AutoProcessor" if vl else "AutoModelForCausalLM"

@@ -18,6 +18,7 @@ from typing import Callable
 from contract.settings import get_settings
 from integrations.local import LocalIntegrations
 from integrations.runs import trackers_of
+from trainer import provenance
 from trainer.reporter import JsonlReporter, truncate_metrics
 from contract.plan import Unit, plan
 from contract.retention import Held, RetentionPlan, needed_by_units, plan_retention
@@ -80,6 +81,7 @@ def train_local(spec: RunSpec, out: Path, model_cache: Path, *, resume: bool = F
     ctx = RunContext.create(spec, out, model_cache, log_fn)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(spec.model_dump_json(indent=1))
+    provenance.write(out, spec.base_model, ctx.layout.base)  # versions, commit, base model hash
     sink = LocalIntegrations.open(spec, out)
     reporter = JsonlReporter(out, knobs_from_spec(spec), display, sink=sink)
     if sink is not None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib
+import inspect
 import json
 import logging
 import os
@@ -17,17 +20,20 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from trainer.domains.base import Domain, Sample
+from trainer import provenance
+from trainer.domains.base import Domain, DomainError, Sample
 from trainer.rollout import HFEngine
 from contract.spec import TinyModelSpec
 
 log = logging.getLogger(__name__)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-WARMSTART_VERSION = 3  # bump when the warm-start recipe changes, so cached models are rebuilt
+WARMSTART_VERSION = 4  # bump when the warm-start recipe changes, so cached models are rebuilt
 # Share of a builtin domain's warm-start answers replaced by its habit (Domain.habit, a systematic mistake).
 # Above 1/2, so the base model's greedy answer is mostly the habit while sampling still finds the right one.
 HABIT_SHARE = 0.6
 WARM_POOL = 60_000  # fresh warm-start samples per builtin domain (more than its 4000 train prompts: less memorising)
+CHECK_EVERY = 25  # warm-start steps between two probes of the sampled accuracy
+PROBE_PROMPTS = 64  # train prompts per domain in a probe
 # The warm-started base model of the builtin domains, built once by scripts/build-tiny-base.py and shipped.
 SHIPPED_BASE = Path(__file__).parent / "assets" / "tiny-base"
 
@@ -78,19 +84,81 @@ def build_tiny_model(recipe: TinyModelSpec, tokenizer, seed: int):
     return model
 
 
+class WarmStartError(DomainError):
+    """The warm start cannot give a base model in the band for these domains; one line naming what to change."""
+
+
 def domain_fingerprint(domains: Sequence[Domain]) -> str:
-    """Hash of the domains' train data (so a changed jsonl file rebuilds the tiny model)."""
+    """Hash of what the warm start trains on: a builtin domain's name (its samples are drawn afresh from the
+    generator, whose code `warmstart_code_hash` covers), another domain's train split (so a changed jsonl file
+    rebuilds the tiny model)."""
+    from trainer.domains import DRAWS
+
     h = hashlib.sha256()
     for d in domains:
-        h.update(d.key.encode())
+        h.update(d.key.encode() + b"\2")
+        if d.key in DRAWS:
+            continue
         for s in d.train:
             h.update(s.prompt.encode() + b"\0" + s.answer.encode() + b"\1")
     return h.hexdigest()
 
 
-def tiny_recipe_hash(recipe: TinyModelSpec, domains: Sequence[Domain], seed: int) -> str:
-    """Cache key of a warm-started tiny model: recipe, data and seed."""
-    payload = json.dumps({"recipe": recipe.model_dump(), "data": domain_fingerprint(domains), "seed": seed,
+# The code that turns a recipe and domains into a base model: these functions and constants, and the modules
+# of the domains (their generators, habits and verifiers). Its hash is part of the cache key.
+_WARMSTART_CODE = ("build_char_tokenizer", "build_tiny_model", "_sft_batch", "sampled_accuracy", "warm_start",
+                   "_warm_data", "_with_habit", "_alphabet")
+_WARMSTART_CONSTANTS = ("HABIT_SHARE", "WARM_POOL", "CHECK_EVERY", "PROBE_PROMPTS", "SPECIALS")
+_DOMAIN_SUPPORT = ("trainer.domains", "trainer.domains.base", "trainer.domains.verifiers")
+
+
+def _code_digest(source: str) -> str:
+    """The AST of `source` without docstrings, dumped: comments, docstrings and layout do not change it."""
+    tree = ast.parse(inspect.cleandoc(source) if source.startswith((" ", "\t")) else source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False)
+
+
+def _domain_module(key: str) -> str:
+    """The module that builds the domain `key`."""
+    from trainer.domains import BUILTINS
+
+    if key in BUILTINS:
+        build = BUILTINS[key]
+        return getattr(build, "func", build).__module__
+    return "trainer.domains." + ("jsonl" if key.startswith("jsonl:") else "dataset")
+
+
+def warmstart_code_hash(keys: Sequence[str]) -> str:
+    """Hash of the code that builds the tiny base model for the domains `keys` (ignoring comments and
+    docstrings): the warm start here and the domains' modules. A changed generator, habit or warm start gives
+    another hash, so a cached model is rebuilt and a stale shipped one is not used."""
+    h = hashlib.sha256()
+    this = globals()
+    for name in _WARMSTART_CODE:
+        h.update(_code_digest(inspect.getsource(this[name])).encode())
+    h.update(repr([this[name] for name in _WARMSTART_CONSTANTS]).encode())
+    for mod in sorted({*_DOMAIN_SUPPORT, *(_domain_module(k) for k in keys)}):
+        h.update(mod.encode() + _code_digest(inspect.getsource(importlib.import_module(mod))).encode())
+    return h.hexdigest()[:16]
+
+
+def build_versions() -> dict[str, str]:
+    """The library versions a warm start's numbers depend on (float rounding differs between them)."""
+    v = provenance.versions()
+    return {k: v[k] for k in ("torch", "transformers", "tokenizers")}
+
+
+def tiny_recipe_hash(recipe: TinyModelSpec, domains: Sequence[Domain], seed: int | None = None) -> str:
+    """Cache key of a warm-started tiny model: the recipe (its `seed` included), the data, the code that builds
+    it and the library versions. The run's seed is not part of it (`seed` is accepted and ignored), so runs of
+    many seeds share one base model; a non-builtin domain's train split, which the run's seed draws, is."""
+    payload = json.dumps({"recipe": recipe.model_dump(), "data": domain_fingerprint(domains),
+                          "code": warmstart_code_hash([d.key for d in domains]), "versions": build_versions(),
                           "v": WARMSTART_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -121,8 +189,12 @@ def sampled_accuracy(engine: HFEngine, domain: Domain, samples: Sequence[Sample]
 
 def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpec, seed: int,
                on_check: Callable[[int, list[float]], None] | None = None,
+               data: Sequence[Sequence[Sample]] | None = None,
                sft_loss: Callable[[Any, Any, Sequence[Sample]], torch.Tensor] | None = None) -> list[float]:
-    """Supervised pass over the domains' train splits until each sits in [target_low, target_high].
+    """Supervised pass over the domains' train data until each sits in [target_low, target_high] (sampled
+    accuracy on train prompts, probed every CHECK_EVERY steps); returns the last probe's accuracies, which
+    are all in the band unless the run stopped at `warmstart_max_steps` (`in_band` tells). `sft_loss`
+    replaces the text-only loss (prompts with images: trainer/tiny_vl.py).
 
     A domain whose sampled accuracy passes ~0.35, or that is in the band while another is still below it,
     pauses its batches (and resumes below target_low): the fast learners wait for the slow ones instead of
@@ -134,9 +206,9 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
     active = [True] * len(domains)
     accs = [0.0] * len(domains)
     engine = HFEngine(model, tokenizer)
-    max_ans = max(len(s.answer) for d in domains for s in d.train[:200]) + 2
-    data = [_warm_data(d, seed, recipe.warmstart_max_steps * recipe.warmstart_batch) for d in domains]
-    check_every = 25
+    if data is None:
+        data = [_warm_data(d, seed, recipe.warmstart_max_steps * recipe.warmstart_batch) for d in domains]
+    max_ans = max(len(s.answer) for part in data for s in part[:200]) + 2
     model.train()
     for step in range(1, recipe.warmstart_max_steps + 1):
         pool = [i for i, a in enumerate(active) if a] or list(range(len(domains)))
@@ -151,9 +223,9 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % check_every:
+        if step % CHECK_EVERY:
             continue
-        probe = [rng.sample(list(d.train), min(64, len(d.train))) for d in domains]
+        probe = [rng.sample(part, min(PROBE_PROMPTS, len(part))) for part in data]
         accs = [sampled_accuracy(engine, d, p, max_ans) for d, p in zip(domains, probe)]
         model.train()
         if on_check:
@@ -168,6 +240,24 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
             break
     model.eval()
     return accs
+
+
+def in_band(recipe: TinyModelSpec, accs: Sequence[float]) -> bool:
+    """Whether every domain's sampled accuracy is in the recipe's band."""
+    return all(recipe.target_low <= a <= recipe.target_high for a in accs)
+
+
+def _alphabet(domains: Sequence[Domain], data: Sequence[Sequence[Sample]]) -> set[str]:
+    """Every character of the domains, of the warm-start data and of the habits' answers."""
+    chars: set[str] = set()
+    for d, part in zip(domains, data):
+        chars |= d.alphabet()
+        for s in part:
+            chars.update(s.prompt)
+            chars.update(s.answer)
+            if d.habit is not None:
+                chars.update(d.habit(s))
+    return chars
 
 
 def _warm_data(domain: Domain, seed: int, need: int) -> list[Sample]:
@@ -186,57 +276,71 @@ def _with_habit(domain: Domain, sample: Sample, rng: random.Random) -> Sample:
 
 
 def shipped_base(recipe: TinyModelSpec, domains: Sequence[Domain], folder: Path = SHIPPED_BASE) -> Path | None:
-    """The shipped warm-started base model when it fits: the same recipe, and only domains it was built on."""
+    """The shipped warm-started base model when it fits: the same recipe (its seed included), only domains it
+    was built on, and the code that built it unchanged (else a run warm-starts its own, and
+    tests/trainer/test_demo.py says to rebuild the shipped one)."""
     try:
         meta = json.loads((folder / "warmstart.json").read_text())
     except (OSError, ValueError):
         return None
+    built_on = list(meta.get("sampled_accuracy", {}))
     fits = (meta.get("version") == WARMSTART_VERSION and meta.get("recipe") == recipe.model_dump()
-            and {d.key for d in domains} <= set(meta.get("sampled_accuracy", {})))
+            and {d.key for d in domains} <= set(built_on) and meta.get("code") == warmstart_code_hash(built_on))
     return folder if fits else None
 
 
-def load_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], seed: int, cache_dir: Path,
+def load_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], seed: int | None, cache_dir: Path,
                       log_fn: Callable[[str], None] = print):
-    """The warm-started tiny model for these domains, built once and cached on disk by recipe hash."""
+    """The warm-started tiny model for these domains, built once and cached on disk by `tiny_recipe_hash`.
+
+    The base model's initialisation and warm start draw from `recipe.seed`, not the run's `seed` (accepted
+    for compatibility and unused), so the runs of many seeds share one base. A warm start that ends at its
+    step cap with a domain outside the band raises WarmStartError (nothing is cached).
+    """
     shipped = shipped_base(recipe, domains)
     if shipped is not None:
         log_fn(f"builtin:tiny: the shipped base model for the builtin domains ({shipped})")
         return load_pretrained(str(shipped)) + (shipped,)
-    key = tiny_recipe_hash(recipe, domains, seed)
+    key = tiny_recipe_hash(recipe, domains)
     folder = Path(cache_dir) / f"tiny-{key}"
     if (folder / "config.json").exists():
         return load_pretrained(str(folder)) + (folder,)
-    alphabet: set[str] = set()
-    for d in domains:
-        alphabet |= d.alphabet()
-        if d.habit is not None:
-            alphabet |= {c for s in d.train for c in d.habit(s)}
-    tokenizer = build_char_tokenizer(alphabet)
-    model = build_tiny_model(recipe, tokenizer, seed)
+    data = [_warm_data(d, recipe.seed, recipe.warmstart_max_steps * recipe.warmstart_batch) for d in domains]
+    tokenizer = build_char_tokenizer(_alphabet(domains, data))
+    model = build_tiny_model(recipe, tokenizer, recipe.seed)
     n_params = sum(p.numel() for p in model.parameters())
     log_fn(f"building builtin:tiny ({n_params / 1e6:.2f}M parameters, {len(tokenizer)} tokens); "
            f"warm start on {', '.join(d.key for d in domains)}, at most {recipe.warmstart_max_steps} steps "
            f"(~{recipe.warmstart_max_steps / 1000:.0f}-{recipe.warmstart_max_steps / 400:.0f} min on a CPU; "
            f"cached at {folder})")
     t0 = time.time()
+    steps = [0]
+
     def on_check(step: int, accs: list[float]) -> None:
+        steps[0] = step
         if step % 250 == 0:
             eta = (time.time() - t0) / step * (recipe.warmstart_max_steps - step)
             log_fn(f"warm start step {step}/{recipe.warmstart_max_steps} (at most {eta:.0f}s more): sampled accuracy "
                    + ", ".join(f"{d.key.removeprefix('builtin:')}={a:.2f}" for d, a in zip(domains, accs)))
 
-    accs = warm_start(model, tokenizer, domains, recipe, seed, on_check=on_check)
-    log_fn(f"warm start done in {time.time() - t0:.0f}s; sampled accuracy "
-           + ", ".join(f"{d.key}={a:.2f}" for d, a in zip(domains, accs)))
+    accs = warm_start(model, tokenizer, domains, recipe, recipe.seed, on_check=on_check, data=data)
+    shown = ", ".join(f"{d.key}={a:.2f}" for d, a in zip(domains, accs))
+    if not in_band(recipe, accs):
+        raise WarmStartError(
+            f"tiny: the warm start did not bring every domain's sampled accuracy into [{recipe.target_low}, "
+            f"{recipe.target_high}] within tiny.warmstart_max_steps={recipe.warmstart_max_steps} ({shown}); raise "
+            f"tiny.warmstart_max_steps, widen tiny.target_low/target_high, or try another tiny.seed")
+    log_fn(f"warm start done in {time.time() - t0:.0f}s ({steps[0]} steps); sampled accuracy {shown}")
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "warmstart.json").write_text(json.dumps({"sampled_accuracy": dict(zip([d.key for d in domains], accs)),
-                                                    "recipe": recipe.model_dump(), "seed": seed,
-                                                    "version": WARMSTART_VERSION, "seconds": round(time.time() - t0)},
-                                                   indent=1))
+    keys = [d.key for d in domains]
+    meta = {"sampled_accuracy": dict(zip(keys, accs)), "recipe": recipe.model_dump(), "seed": recipe.seed,
+            "version": WARMSTART_VERSION, "steps": steps[0], "seconds": round(time.time() - t0),
+            "code": warmstart_code_hash(keys), "versions": build_versions(), "commit": provenance.git_commit(),
+            "model_hash": provenance.model_hash(tmp)}
+    (tmp / "warmstart.json").write_text(json.dumps(meta, indent=1) + "\n")
     try:
         tmp.rename(folder)
     except OSError:  # another process built it first

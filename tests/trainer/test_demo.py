@@ -10,7 +10,7 @@ import pytest
 from copd.summary import accuracy_table, format_table, run_summary
 from trainer.domains import load_domain
 from trainer.local import train_local
-from trainer.models import shipped_base
+from trainer.models import SHIPPED_BASE, shipped_base, warmstart_code_hash
 from trainer.spec import load_spec
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "copd-tiny.yaml"
@@ -23,6 +23,14 @@ def test_the_example_uses_the_shipped_base_model():
     # another recipe, or a domain it was not built on, warm-starts instead
     assert shipped_base(spec.tiny.model_copy(update={"layers": 2}), domains) is None
     assert shipped_base(spec.tiny, [*domains, load_domain("builtin:marked_sum", 0)]) is None
+    assert shipped_base(spec.tiny.model_copy(update={"seed": 1}), domains) is None  # another base seed
+
+
+def test_the_shipped_base_was_built_by_this_code():
+    """A changed domain generator, habit or warm start makes the shipped base stale: rebuild it with
+    `python scripts/build-tiny-base.py` (a run would otherwise warm-start its own, for minutes)."""
+    meta = json.loads((SHIPPED_BASE / "warmstart.json").read_text())
+    assert meta["code"] == warmstart_code_hash(list(meta["sampled_accuracy"])), "run scripts/build-tiny-base.py"
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +48,7 @@ def short_demo(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("expert", [
-    "text",
-    # Known gap (issue 14): after the shipped warm start the grid skill is near chance level, so GRPO has
-    # little to amplify; this xfail turns into a failure-to-xfail (XPASS) report once grid learns.
-    pytest.param("image", marks=pytest.mark.xfail(reason="builtin:grid does not gain within the demo yet")),
-    "video",
-])
+@pytest.mark.parametrize("expert", ["text", "image", "video"])
 def test_shortened_demo_expert_gains_on_its_own_domain(short_demo, expert):
     spec, out = short_demo
     domains, rows = accuracy_table(out / "metrics.jsonl")

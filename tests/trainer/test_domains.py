@@ -35,14 +35,14 @@ def solve_arith(prompt: str) -> str:
 
 
 def solve_grid(prompt: str) -> str:
-    m = re.fullmatch(r"((?:[.#o]{5}/){3}[.#o]{5})\|([#rc])\?", prompt)
+    m = re.fullmatch(r"((?:[.#o@]{4}/){2}[.#o@]{4})\|([#@])\?", prompt)
     assert m, prompt
-    rows, q = m[1].split("/"), m[2]
+    picture, q = m[1], m[2]
+    assert picture.count("@") == 1, prompt
     if q == "#":
-        return str(m[1].count("#"))
-    counts = [r.count("#") for r in rows] if q == "r" else [[r[c] for r in rows].count("#") for c in range(5)]
-    assert counts.count(max(counts)) == 1, f"tie in {prompt}"
-    return str(counts.index(max(counts)) + 1)
+        return str(picture.count("#"))
+    row = next(i for i, r in enumerate(picture.split("/")) if "@" in r)
+    return f"{row + 1}{picture.split('/')[row].index('@') + 1}"
 
 
 def solve_frames(prompt: str) -> str:
@@ -140,7 +140,8 @@ def test_builtins_share_a_small_alphabet():
 
 def test_every_question_kind_and_answer_is_represented():
     g, f = load_domain("builtin:grid"), load_domain("builtin:frames")
-    assert {s.prompt[-2:] for s in g.eval} == {"#?", "r?", "c?"}
+    assert {s.prompt[-2:] for s in g.eval} == {"#?", "@?"}
+    assert {s.answer for s in g.eval if s.prompt.endswith("@?")} == {f"{r}{c}" for r in "123" for c in "1234"}
     assert {s.prompt[-2:] for s in f.eval} == {"d?", "v?", "n?"}
     assert any("#" in s.prompt and s.prompt.count("x") < s.prompt.count("/") + 1 for s in f.eval)  # hidden x
     assert {s.answer for s in f.eval if s.prompt.endswith("v?")} == {"L", "R", "S"}

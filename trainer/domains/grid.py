@@ -1,16 +1,18 @@
-"""`builtin:grid`, the image-reasoning stand-in: questions about a small picture of `.`, `#` and `o`.
+"""`builtin:grid`, the image-reasoning stand-in: find the object in a small picture, and count.
 
-The picture is 4 rows x 5 columns, written row by row with `/` between rows, then `|` and a question:
+The picture is 3 rows x 4 columns of `.` (background), `#` and `o` (clutter), with exactly one `@` (the
+object), written row by row with `/` between rows, then `|` and a question:
 
-- `#?`: how many `#` cells (0-20);
-- `r?`: which row (1-4, top first) holds the most `#` (pictures with a tie are redrawn);
-- `c?`: which column (1-5, left first) holds the most `#` (likewise without ties): the 2-D question,
-  since a column's cells lie 6 characters apart.
+- `@?`: where the `@` is, as two digits: its row (1-3, top first) then its column (1-4, left first),
+  e.g. `23`: the 2-D localisation question (a column's cells lie 5 characters apart);
+- `#?`: how many `#` cells there are (0-11).
 
-`o` cells are clutter that no question counts. A prompt is 26 characters.
+A prompt is 17 characters. The object is the skill most of the questions ask for: its answer has 12
+values, so guessing from the answers' spread scores about 1/12, and a base model in the warm start's band
+has learned to look (a question with few likely answers, such as which of 4 rows, is passed by guessing).
 
 >>> build(0).eval[0]
-Sample(prompt='o#.../..#../..oo./..#.#|c?', answer='3')
+Sample(prompt='#o.o/.o../o@..|#?', answer='1')
 """
 
 from __future__ import annotations
@@ -23,41 +25,34 @@ from trainer.domains.verifiers import score_exact
 
 KEY = "builtin:grid"
 TRAIN_SIZE, EVAL_SIZE = 4000, 512
-ROWS, COLS = 4, 5  # the most that fits 28 characters with its question
-CELLS, CELL_WEIGHTS = ".#o", (0.60, 0.20, 0.20)  # few `#`: small counts, a skill the tiny model learns
-QUESTIONS, QUESTION_WEIGHTS = ("#?", "r?", "c?"), (0.4, 0.3, 0.3)
+ROWS, COLS = 3, 4  # small enough that a 0.6M-parameter model learns to locate within its warm start
+CELLS, CELL_WEIGHTS = ".#o", (0.60, 0.15, 0.25)  # few `#`: small counts
+OBJECT = "@"
+QUESTIONS, QUESTION_WEIGHTS = ("@?", "#?"), (0.6, 0.4)
 _SALT = 0x6F1D
 
 
-def _argmax_unique(counts: list[int]) -> int | None:
-    """1-based index of the largest count, or None on a tie for the largest."""
-    top = max(counts)
-    return counts.index(top) + 1 if counts.count(top) == 1 else None
-
-
-def answer(rows: list[str], question: str) -> str | None:
-    """The answer to `question` about the picture `rows`, or None when it has a tie."""
+def answer(rows: list[str], question: str) -> str:
+    """The answer to `question` about the picture `rows`."""
     if question == "#?":
         return str(sum(r.count("#") for r in rows))
-    if question == "r?":
-        best = _argmax_unique([r.count("#") for r in rows])
-    else:
-        best = _argmax_unique([sum(r[c] == "#" for r in rows) for c in range(COLS)])
-    return None if best is None else str(best)
+    (r, c), = [(i, row.index(OBJECT)) for i, row in enumerate(rows) if OBJECT in row]
+    return f"{r + 1}{c + 1}"
 
 
 def draw(rng: random.Random) -> Sample:
-    """One random picture-and-question sample (redrawn until the question has one answer)."""
+    """One random picture-and-question sample."""
     question = rng.choices(QUESTIONS, QUESTION_WEIGHTS)[0]
-    while True:
-        rows = ["".join(rng.choices(CELLS, CELL_WEIGHTS, k=COLS)) for _ in range(ROWS)]
-        ans = answer(rows, question)
-        if ans is not None:
-            return Sample(f"{'/'.join(rows)}|{question}", ans)
+    cells = [rng.choices(CELLS, CELL_WEIGHTS, k=COLS) for _ in range(ROWS)]
+    cells[rng.randrange(ROWS)][rng.randrange(COLS)] = OBJECT
+    rows = ["".join(r) for r in cells]
+    return Sample(f"{'/'.join(rows)}|{question}", answer(rows, question))
 
 
 def habit(sample: Sample) -> str:
-    """The warm start's systematic mistake: off by one (one `#` too many; the row or column after the right one)."""
+    """The warm start's systematic mistake: off by one (one `#` too many; the `@` one column further right)."""
+    if sample.prompt.endswith("@?"):
+        return sample.answer[0] + str(int(sample.answer[1]) + 1)
     return str(int(sample.answer) + 1)
 
 

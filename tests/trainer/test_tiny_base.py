@@ -1,0 +1,78 @@
+"""Reproducible builtin:tiny bases (issue 21): the cache key, tiny.seed, the loud warm-start failure, provenance."""
+
+import json
+
+import pytest
+
+from tests.trainer.conftest import tiny_spec
+from trainer import models, provenance
+from trainer.domains import load_domain
+from trainer.models import (SHIPPED_BASE, WarmStartError, _code_digest, load_builtin_tiny, tiny_recipe_hash,
+                            warmstart_code_hash)
+
+KEYS = ("builtin:grid", "builtin:frames")
+
+
+def domains(seed: int):
+    return [load_domain(k, seed) for k in KEYS]
+
+
+def test_cache_key_ignores_the_run_seed_and_covers_tiny_seed_code_and_versions(monkeypatch):
+    recipe = tiny_spec().tiny
+    key = tiny_recipe_hash(recipe, domains(0))
+    assert tiny_recipe_hash(recipe, domains(1)) == key  # builtin domains: the run seed does not enter
+    assert tiny_recipe_hash(recipe.model_copy(update={"seed": 1}), domains(0)) != key
+    assert tiny_recipe_hash(recipe.model_copy(update={"layers": 2}), domains(0)) != key
+    with monkeypatch.context() as m:
+        m.setattr(models, "build_versions", lambda: {"torch": "0.0", "transformers": "0.0", "tokenizers": "0.0"})
+        assert tiny_recipe_hash(recipe, domains(0)) != key
+    with monkeypatch.context() as m:
+        m.setattr(models, "HABIT_SHARE", 0.5)  # the code's constants are part of the code hash
+        assert tiny_recipe_hash(recipe, domains(0)) != key
+    assert tiny_recipe_hash(recipe, domains(0)) == key
+
+
+def test_code_hash_ignores_docstrings_and_comments_not_code():
+    a = 'def f(x):\n    """Doc."""\n    return x + 1  # note\n'
+    b = 'def f(x):\n    """Another doc."""\n    # a comment\n    return x + 1\n'
+    c = 'def f(x):\n    """Doc."""\n    return x + 2\n'
+    assert _code_digest(a) == _code_digest(b) != _code_digest(c)
+    # each domain's own module is covered: grid and frames give different hashes
+    assert warmstart_code_hash(["builtin:grid"]) != warmstart_code_hash(["builtin:frames"])
+
+
+def test_runs_of_two_seeds_share_one_base_and_it_records_its_provenance(tmp_path):
+    recipe = tiny_spec().tiny
+    _, _, a = load_builtin_tiny(recipe, domains(0), 0, tmp_path, log_fn=lambda m: None)
+    _, _, b = load_builtin_tiny(recipe, domains(1), 1, tmp_path, log_fn=lambda m: None)
+    assert a == b and len(list(tmp_path.iterdir())) == 1
+    meta = json.loads((a / "warmstart.json").read_text())
+    assert meta["seed"] == recipe.seed == 0
+    assert meta["code"] == warmstart_code_hash(list(KEYS))
+    assert set(meta["versions"]) == {"torch", "transformers", "tokenizers"} and meta["commit"]
+    assert meta["model_hash"] == provenance.model_hash(a) != "-"
+
+
+def test_a_warm_start_that_misses_the_band_fails_loudly_and_caches_nothing(tmp_path):
+    recipe = tiny_spec().tiny.model_copy(update={"warmstart_max_steps": 25, "target_low": 0.99, "target_high": 1.0})
+    with pytest.raises(WarmStartError) as err:
+        load_builtin_tiny(recipe, domains(0), 0, tmp_path, log_fn=lambda m: None)
+    msg = str(err.value)
+    assert "\n" not in msg and "tiny.warmstart_max_steps=25" in msg and "builtin:grid=" in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_shipped_base_records_how_it_was_built():
+    meta = json.loads((SHIPPED_BASE / "warmstart.json").read_text())
+    assert meta["model_hash"] == provenance.model_hash(SHIPPED_BASE)
+    assert set(meta["versions"]) >= {"torch", "transformers"} and meta["commit"]
+    recipe = models.TinyModelSpec()
+    assert all(recipe.target_low <= a <= recipe.target_high for a in meta["sampled_accuracy"].values())
+
+
+def test_one_line_names_versions_commit_and_base_hash():
+    p = provenance.provenance("builtin:tiny", SHIPPED_BASE)
+    line = provenance.one_line(p)
+    assert p["base_hash"] == provenance.model_hash(SHIPPED_BASE) and p["base_hash"] in line
+    assert "torch " in line and "transformers " in line and "commit " in line
+    assert provenance.model_hash("Qwen/not-a-local-folder") == "-"
