@@ -21,11 +21,13 @@ from safetensors.torch import load_file
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from trainer.models import SHIPPED_BASE, SPECIALS, WARMSTART_VERSION, load_pretrained, warm_start
+from trainer.models import SHIPPED_BASE, SPECIALS, load_pretrained, warm_start
 from trainer.rollout import token_stats
 from trainer.vlm import TINY_CHAT_TEMPLATE, VISION_TOKENS, VisionProcessor, VisualTokenBatch, encode_visual
 
 SHIPPED_VL_BASE = Path(__file__).parent / "assets" / "tiny-vl-base"
+# Bump when the tiny VLM's warm start changes (its own number: builtin:tiny's text recipe moves on its own).
+VL_WARMSTART_VERSION = 3
 # The vision tower: depth × embed_dim, patches of 14 px merged 2×2 into one token of the text width.
 VISION = {"depth": 2, "embed_dim": 64, "num_heads": 4, "mlp_ratio": 2, "patch_size": 14, "spatial_merge_size": 2,
           "temporal_patch_size": 2, "in_channels": 3}
@@ -135,7 +137,7 @@ def sft_loss(model, processor: VisionProcessor, samples: Sequence[Sample]) -> to
 def _fingerprint(recipe: TinyModelSpec, domains: Sequence[Domain], seed: int) -> str:
     text_base = (SHIPPED_BASE / "model.safetensors")
     h = hashlib.sha256(json.dumps({"recipe": recipe.model_dump(), "vision": VISION, "seed": seed,
-                                   "v": WARMSTART_VERSION, "text": text_base.stat().st_size if text_base.exists() else 0},
+                                   "v": VL_WARMSTART_VERSION, "text": text_base.stat().st_size if text_base.exists() else 0},
                                   sort_keys=True).encode())
     for d in domains:
         h.update(d.key.encode())
@@ -150,7 +152,9 @@ def shipped_vl_base(recipe: TinyModelSpec, domains: Sequence[Domain], folder: Pa
         meta = json.loads((folder / "warmstart.json").read_text())
     except (OSError, ValueError):
         return None
-    fits = (meta.get("version") == WARMSTART_VERSION and meta.get("recipe") == recipe.model_dump()
+    # a recipe field added after the base was built counts with its default (tiny.seed came later)
+    built = {**TinyModelSpec().model_dump(), **meta.get("recipe", {})}
+    fits = (meta.get("version") == VL_WARMSTART_VERSION and built == recipe.model_dump()
             and meta.get("vision") == VISION and {d.key for d in domains} <= set(meta.get("sampled_accuracy", {})))
     return folder if fits else None
 
@@ -193,7 +197,7 @@ def load_builtin_tiny_vl(recipe: TinyModelSpec, domains: Sequence[Domain], seed:
     processor.save_pretrained(tmp)
     (tmp / "warmstart.json").write_text(json.dumps({"sampled_accuracy": dict(zip([d.key for d in domains], accs)),
                                                     "recipe": recipe.model_dump(), "vision": VISION, "seed": seed,
-                                                    "text_from_tiny_base": carried, "version": WARMSTART_VERSION, "seconds": round(time.time() - t0)},
+                                                    "text_from_tiny_base": carried, "version": VL_WARMSTART_VERSION, "seconds": round(time.time() - t0)},
                                                    indent=1))
     try:
         tmp.rename(folder)

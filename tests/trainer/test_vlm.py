@@ -188,7 +188,7 @@ def _vl_spec(**over):
         "experts": [{"name": "text", "domain": "builtin:arith"}, {"name": "image", "domain": "builtin:shapes"},
                     {"name": "video", "domain": "builtin:motion"}],
         "schedule": {"cycles": 1, "rl_steps": 1, "opd_steps": 1},
-        "grpo": {"group_size": 2, "prompts_per_step": 2, "lr": 1e-3, "max_new_tokens": 3},
+        "grpo": {"group_size": 4, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": 3},
         "opd": {"prompts_per_step": 2, "samples_per_prompt": 2},
         "eval": {"prompts": 4, "overlap_k": 4, "overlap_prompts": 2},
         "tiny": {**SMALL.model_dump(), "warmstart_max_steps": 50, "warmstart_batch": 16}, "seed": 0, **over}
