@@ -32,7 +32,8 @@ def build(model: str, comparison: str, side: str, sizes: Sizes):
     if comparison == "rollout":
         return (trl_side.trl_rollout if side == "trl" else sides.copd_rollout)(wl, sizes)
     if comparison == "grpo_step":
-        return {"copd": sides.copd_grpo_step, "floor": sides.floor_step, "trl": trl_side.trl_grpo_step}[side](wl, sizes)
+        return {"copd": sides.copd_grpo_step, "hf_baseline": sides.hf_baseline_step, "floor": sides.hf_baseline_step,
+                "trl": trl_side.trl_grpo_step}[side](wl, sizes)
     n = int(comparison[len("phase2_")])
     if side == "plain_grpo":
         return sides.copd_grpo_step(wl, sizes, prompts=sides.phase2_rows(sizes, n) // sizes.group)

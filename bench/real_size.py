@@ -41,7 +41,7 @@ VOCAB = 151_936
 class RealSizes:
     """One step's shape at real sizes."""
 
-    prompts: int = 2            # native prompts per step
+    prompts: int = 1            # native prompts per step (a GPU: --prompts 8)
     group: int = 8              # G
     prompt_tokens: int = 128
     max_new_tokens: int = 512
@@ -279,7 +279,7 @@ def _memory_child(sizes: RealSizes, which: str) -> None:
 
     comparison, side = which.split(":")
     step = SIDES[comparison, side](setup(sizes))
-    print(json.dumps(peak_of(step, device())))
+    print(json.dumps(peak_of(step, device(), steps=1)))
 
 
 def main(argv: list[str] | None = None) -> int:

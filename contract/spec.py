@@ -303,6 +303,13 @@ class ComputeSpec(_Model):
     teacher_device: Literal["same", "other", "cpu"] = Field(
         "same", description="Where Phase II teachers live: the student's GPU, the next visible GPU, or CPU memory "
                             "(moved to the GPU only to score).")
+    compile: Literal["off", "on"] = Field(
+        "off", description="torch.compile of the training forward+backward (dynamic shapes). Off by default: on "
+                           "this project's CPU it warmed up for minutes and stepped no faster (docs/perf.md); "
+                           "on a GPU, measure before turning it on.")
+    adamw: Literal["auto", "fused", "foreach", "loop"] = Field(
+        "auto", description="AdamW's implementation: auto = fused where torch has the kernel for every parameter "
+                            "(CPU and CUDA tensors, not FSDP shards), else torch's default.")
 
 
 class TinyModelSpec(_Model):

@@ -160,9 +160,22 @@ def completion_mask(completion_ids: Tensor, eos_id: int) -> Tensor:
     return (~after_eos).long()
 
 
-def forward_logits(model, batch: TokenBatch) -> Tensor:
-    """Logits that predict each completion token: [N, T, V] (one forward over prompt ‖ completion)."""
-    return _forward(model, batch, project=True)
+def forward_logits(model, batch: TokenBatch, *, compiled: bool = False) -> Tensor:
+    """Logits that predict each completion token: [N, T, V] (one forward over prompt ‖ completion);
+    `compiled`: through `torch.compile` (spec `compute.compile`)."""
+    return _forward_fn(compiled)(model, batch, project=True)
+
+
+_COMPILED: dict = {}
+
+
+def _forward_fn(compiled: bool):
+    """`_forward`, or its `torch.compile`d twin (dynamic shapes: every batch has its own widths), built once."""
+    if not compiled:
+        return _forward
+    if "forward" not in _COMPILED:
+        _COMPILED["forward"] = torch.compile(_forward, dynamic=True)
+    return _COMPILED["forward"]
 
 
 @dataclass(frozen=True)
@@ -183,28 +196,28 @@ def output_head(model):
     return head
 
 
-def forward_hidden(model, batch: TokenBatch) -> Hidden | None:
+def forward_hidden(model, batch: TokenBatch, *, compiled: bool = False) -> Hidden | None:
     """`forward_logits` stopped before the vocabulary projection, or None where that is not possible (another
     head, FSDP-sharded weights, a model without `logits_to_keep`)."""
     head = output_head(model)
     if head is None:
         return None
-    states = _forward(model, batch, project=False)
+    states = _forward_fn(compiled)(model, batch, project=False)
     return None if states is None else Hidden(states, head.weight, head.bias)
 
 
 def token_stats(model, batch: TokenBatch, temperature: float = 1.0, *,
-                entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                entropy: bool = False, compiled: bool = False) -> tuple[Tensor, Tensor | None]:
     """log π of each completion token [N, T] (differentiable) and, if asked, each position's entropy [N, T]
     (detached). Large ones (beyond LOGITS_BUDGET) never build the [N, T, V] logits; at a large vocabulary
     (HEAD_SELECT_VOCAB) only real positions are projected, and positions after EOS read 0."""
     n, t = batch.completion_ids.shape
     head = output_head(model)
     if head is not None and (n * t * head.weight.shape[0] > LOGITS_BUDGET or head.weight.shape[0] >= HEAD_SELECT_VOCAB):
-        hidden = forward_hidden(model, batch)
+        hidden = forward_hidden(model, batch, compiled=compiled)
         if hidden is not None:
             return _head_stats(hidden, batch, temperature, entropy)
-    logits = forward_logits(model, batch)                                            # [N, T, V]
+    logits = forward_logits(model, batch, compiled=compiled)                         # [N, T, V]
     logp = token_logprobs(logits, batch.completion_ids, temperature)
     return logp, entropy_from_logits(logits.detach(), temperature) if entropy else None
 
@@ -554,7 +567,7 @@ class LeanDecoder:
         toks, logps = [], []
         for t in range(max_new_tokens):
             logp = (logits.float() / (1.0 if greedy else temperature)).log_softmax(-1)  # [N, V]
-            tok = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1).squeeze(1)
+            tok = logp.argmax(-1) if greedy else draw_tokens(logp.exp())
             tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
             toks.append(tok)
             logps.append(logp.gather(-1, tok[:, None]).squeeze(1))
@@ -564,6 +577,18 @@ class LeanDecoder:
             logits = self.forward(tok[:, None], keys[:, : p + t + 1], next_pos + t, cache=cache, start=p + t,
                                   weights=weights)[:, -1]
         return torch.stack(toks, 1), torch.stack(logps, 1)
+
+
+def draw_tokens(probs: Tensor) -> Tensor:
+    """One token per row of probs [N, V] (rows sum to 1): `torch.multinomial`, or from HEAD_SELECT_VOCAB on by
+    the inverse CDF (a cumulative sum and one uniform per row; the same distribution): multinomial draws
+    per-category random numbers, 50 ms for 16 rows of a 151,936-token vocabulary on this CPU against 2.6 ms."""
+    if probs.shape[-1] < HEAD_SELECT_VOCAB:
+        return torch.multinomial(probs, 1).squeeze(1)
+    cdf = probs.cumsum(-1)                                                       # [N, V]
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    # right side: the first j with cdf[j] > u, so a zero-probability token is never drawn
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
 class HFEngine:

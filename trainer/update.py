@@ -159,7 +159,7 @@ class _Lengths:
 
 
 def _micro(model, part: _Part, rows: Tensor, share: float, grpo: GrpoSpec, sums: _Sums, *,
-           tis_cap: float | None, old_logp: Tensor | None, amp: torch.dtype | None) -> Tensor:
+           tis_cap: float | None, old_logp: Tensor | None, amp: torch.dtype | None, compiled: bool = False) -> Tensor:
     """The loss of rows of one part, scaled by `share` (their share of the part's rows in this mini-batch),
     on the batch trimmed to the columns the rows need; adds its diagnostics to `sums`.
 
@@ -170,7 +170,7 @@ def _micro(model, part: _Part, rows: Tensor, share: float, grpo: GrpoSpec, sums:
     tokens = part.rollout.tokens.select(rows.to(part.rollout.tokens.prompt_ids.device)).trimmed()
     w = tokens.completion_ids.shape[1]
     with autocast(model, amp):  # the [N, T, V] logits only where they are small (rollout.LOGITS_BUDGET)
-        logp, ent_t = token_stats(model, tokens, grpo.temperature, entropy=True)     # [n, w], [n, w]
+        logp, ent_t = token_stats(model, tokens, grpo.temperature, entropy=True, compiled=compiled)  # [n, w] each
     dev = logp.device
     mask = tokens.completion_mask.to(dev)
     pick = (lambda x: x[rows.to(x.device)][:, :w].to(dev))                          # noqa: E731  [N, T] → [n, w]
@@ -225,7 +225,7 @@ def _parts(natives: Sequence[NativeBatch], cross: Sequence[CrossBatch]) -> list[
 
 def update_step(model, optimizer, native: NativeBatch | Sequence[NativeBatch] | None, cross: Sequence[CrossBatch],
                 grpo: GrpoSpec, lr: float, *, tis_cap: float | None = None,
-                amp: torch.dtype | None = None) -> dict[str, float]:
+                amp: torch.dtype | None = None, compiled: bool = False) -> dict[str, float]:
     """loss = L_grpo(native) + Σ_j w_j · L_opd(cross_j), over `grpo.mini_batches` clipped optimizer updates.
 
     native: one GRPO batch, or several parts of one (e.g. prompts of different lengths sampled apart), whose
@@ -236,7 +236,8 @@ def update_step(model, optimizer, native: NativeBatch | Sequence[NativeBatch] | 
     (the same gradient as one backward of the whole loss). With one mini-batch the old policy is the current
     one (ratio 1, nothing clipped); with more, every update's old policy is the rollout's.
     tis_cap: truncated importance-sampling correction of the sampler/trainer mismatch (see `_micro`);
-    amp: bf16 autocast of the forward when the master weights are fp32.
+    amp: bf16 autocast of the forward when the master weights are fp32; compiled: the training forward
+    through `torch.compile` (spec `compute.compile`).
     """
     t0 = time.perf_counter()
     for group in optimizer.param_groups:
@@ -272,7 +273,8 @@ def update_step(model, optimizer, native: NativeBatch | Sequence[NativeBatch] | 
                     sum(pending).backward()   # gradient accumulation: at most `budget` positions held at once
                     pending, held = [], 0
                 pending.append(_micro(model, p, mb, p.weight * mb.numel() / rows.numel(), grpo, sums[i],
-                                      tis_cap=tis_cap, old_logp=olds[i] if k > 0 else None, amp=amp))
+                                      tis_cap=tis_cap, old_logp=olds[i] if k > 0 else None, amp=amp,
+                                      compiled=compiled))
                 held += size
         if pending:
             sum(pending).backward()

@@ -90,7 +90,7 @@ def _old_full_batch(model, nb: NativeBatch, cb: CrossBatch, grpo: GrpoSpec, tis_
     native = loss_of(nb.rollout, nb.advantages)
     opd = cb.weight * loss_of(cb.rollout, cb.advantages, cb.teacher_logp)
     (native + opd).backward()
-    return float(native), float(opd), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return float(native.detach()), float(opd.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -149,3 +149,15 @@ def test_uneven_prompt_runs_share_the_prompt_and_match_row_by_row(monkeypatch) -
     assert calls and calls[0]["rows_of"] is not None
     monkeypatch.setattr(R, "SHARE_PROMPTS", False)
     assert (got - R.forward_logits(model, b)).abs().max() < 1e-5
+
+
+def test_draw_tokens_by_inverse_cdf_follows_the_distribution(monkeypatch) -> None:
+    """At a large vocabulary tokens are drawn by the inverse CDF: the frequencies of 40,000 draws are the
+    probabilities (to 4 standard errors), and a zero-probability token never comes."""
+    monkeypatch.setattr(R, "HEAD_SELECT_VOCAB", 0)
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3], [0.0, 0.0, 0.0, 1.0]]).repeat(20_000, 1)
+    torch.manual_seed(0)
+    tok = R.draw_tokens(probs).view(20_000, 2)
+    assert bool((tok[:, 1] == 3).all()) and not bool((tok[:, 0] == 1).any())
+    freq = torch.bincount(tok[:, 0], minlength=4).float() / 20_000
+    assert torch.allclose(freq, probs[0], atol=4 * (0.25 / 20_000) ** 0.5)
