@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no memory")
     p.add_argument("--prompts", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--opd-samples", type=int, default=None, help="student samples per teacher prompt (default 8)")
+    p.add_argument("--eos-rate", type=float, default=None, help="per-token EOS probability (default 1/500)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
@@ -305,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     torch.set_num_threads(a.threads)
     sizes = RealSizes(**json.loads(a.sizes)) if a.sizes else (SMOKE if a.smoke else RealSizes())
-    over = {k: v for k, v in (("prompts", a.prompts), ("max_new_tokens", a.max_new_tokens)) if v is not None}
+    over = {k: v for k, v in (("prompts", a.prompts), ("max_new_tokens", a.max_new_tokens),
+                              ("opd_samples", a.opd_samples), ("eos_rate", a.eos_rate)) if v is not None}
     if over:
         from dataclasses import replace
 

@@ -57,3 +57,14 @@ def test_lean_decoder_matches_transformers():
     finally:
         LeanDecoder.enabled = True
     assert torch.equal(greedy.tokens.completion_ids, reference.tokens.completion_ids)
+
+
+def test_real_size_bench_smoke_prints_its_table():
+    """`python -m bench.real_size --smoke` (tiny sizes of the real-size bench) runs end to end; no timings checked."""
+    env = {**os.environ, "COPD_TORCH_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "bench.real_size", "--smoke", "--only", "grpo"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]) for line in out.stdout.splitlines() if line.startswith("| grpo |")}
+    assert {("grpo", "copd"), ("grpo", "copd_whole")} <= rows
+    assert any(line.startswith("- GRPO: copd step time ÷ TRL's") for line in out.stdout.splitlines())

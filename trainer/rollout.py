@@ -225,7 +225,7 @@ def token_stats(model, batch: TokenBatch, temperature: float = 1.0, *,
 def _head_stats(hidden: Hidden, batch: TokenBatch, temperature: float,
                 entropy: bool) -> tuple[Tensor, Tensor | None]:
     """`token_stats` from the last hidden states: the real positions' rows [M, D] through the head, in chunks
-    (each recomputed in the backward) when M·V passes LOGITS_BUDGET, in one piece otherwise; 0 elsewhere."""
+    (each recomputed in the backward) when M·V passes CHUNK_ELEMENTS, in one piece otherwise; 0 elsewhere."""
     real = batch.completion_mask.bool()                                              # [N, T]
     n, t = real.shape
     v, d = hidden.weight.shape
@@ -233,7 +233,9 @@ def _head_stats(hidden: Hidden, batch: TokenBatch, temperature: float,
     states = hidden.states.reshape(1, n * t, d) if everywhere else hidden.states[real].unsqueeze(0)  # [1, M, D]
     ids = batch.completion_ids.reshape(1, -1) if everywhere else batch.completion_ids[real].unsqueeze(0)
     m = ids.shape[1]
-    chunk = max(1, CHUNK_ELEMENTS // v) if m * v > LOGITS_BUDGET else max(m, 1)
+    # more than one chunk's logits (64 MiB) are never kept for the backward: a step holds several batches'
+    # graphs at once (native + each teacher's cross batch), and at 512 MiB each they added up to GBs
+    chunk = max(1, CHUNK_ELEMENTS // v) if m * v > CHUNK_ELEMENTS else max(m, 1)
     logp, ent = chunked_token_stats(states, hidden.weight, hidden.bias, ids, temperature, chunk, entropy,
                                     recompute=chunk < m)
     if everywhere:

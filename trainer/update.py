@@ -167,15 +167,19 @@ def _micro(model, part: _Part, rows: Tensor, share: float, grpo: GrpoSpec, sums:
     mini-batches —, else this forward, detached) and every token weighted by min(π_old/π_sampler, tis_cap);
     a cross part's token advantages are recomputed from them. Without `tis_cap`, the sampler's logprobs.
     """
-    tokens = part.rollout.tokens.select(rows.to(part.rollout.tokens.prompt_ids.device)).trimmed()
+    whole = rows.numel() == part.rollout.tokens.size and bool((rows == torch.arange(rows.numel())).all())
+    tokens = part.rollout.tokens if whole else part.rollout.tokens.select(rows.to(part.rollout.tokens.prompt_ids.device))
+    tokens = tokens.trimmed()
     w = tokens.completion_ids.shape[1]
     with autocast(model, amp):  # the [N, T, V] logits only where they are small (rollout.LOGITS_BUDGET)
         logp, ent_t = token_stats(model, tokens, grpo.temperature, entropy=True, compiled=compiled)  # [n, w] each
     dev = logp.device
     mask = tokens.completion_mask.to(dev)
-    pick = (lambda x: x[rows.to(x.device)][:, :w].to(dev))                          # noqa: E731  [N, T] → [n, w]
+    def pick(x: Tensor) -> Tensor:  # [N, T] → [n, w]
+        return (x if whole else x[rows.to(x.device)])[:, :w].to(dev)
+
     sampler = pick(part.rollout.logp)
-    adv = part.advantages[rows.to(part.advantages.device)].to(dev)
+    adv = (part.advantages if whole else part.advantages[rows.to(part.advantages.device)]).to(dev)
     adv = adv[:, :w] if adv.ndim == 2 else adv
     old, tis_w, trainer_old = sampler, None, logp.detach()
     if tis_cap is not None:
