@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from trainer.algos import grpo_advantages, logp_gap, masked_mean, opd_advantages, policy_loss, tis_weights
+from trainer.algos import grpo_advantages, masked_mean, opd_advantages, policy_loss, tis_weights
 from trainer.domains.base import Domain, Sample
 from trainer.domains.plugins import PLUGIN_ERRORS
 from trainer.engines import autocast

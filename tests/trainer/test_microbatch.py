@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import trainer.rollout as R
-from contract.spec import GrpoSpec, OpdSpec
+from contract.spec import GrpoSpec
 from trainer.algos import opd_advantages, policy_loss, tis_weights
 from trainer.microbatch import cost, group_runs, micro_batches, mini_batches
 from trainer.models import build_char_tokenizer, build_tiny_model
