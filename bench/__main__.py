@@ -1,4 +1,4 @@
-"""`python -m bench`: copd vs TRL vs a bare-torch floor (step rate, OPD overhead, rollouts, memory).
+"""`python -m bench`: copd vs TRL vs a stock-transformers baseline (step rate, OPD overhead, rollouts, memory).
 
     python -m bench                     # tiny and small models, 2 warm-up rounds, 5 repeats
     python -m bench --smoke             # one repeat, smallest sizes, tiny model only (CI)

@@ -15,7 +15,7 @@ def bench(
     memory: bool = typer.Option(None, help="Peak memory per side, each in its own process (default: on unless --smoke)."),
     clock: str = typer.Option("wall", help="wall, or cpu: this process's CPU time (steadier on a loaded machine)."),
 ) -> None:
-    """Step rate, OPD overhead, rollout throughput and memory: copd vs TRL vs a bare-torch floor."""
+    """Step rate, OPD overhead, rollout throughput and memory: copd vs TRL vs a stock-transformers baseline."""
     if clock not in ("wall", "cpu"):
         raise typer.BadParameter(f"expected wall or cpu, got {clock!r}", param_hint="--clock")
     from bench.__main__ import main

@@ -32,7 +32,8 @@ def build(model: str, comparison: str, side: str, sizes: Sizes):
     if comparison == "rollout":
         return (trl_side.trl_rollout if side == "trl" else sides.copd_rollout)(wl, sizes)
     if comparison == "grpo_step":
-        return {"copd": sides.copd_grpo_step, "floor": sides.floor_step, "trl": trl_side.trl_grpo_step}[side](wl, sizes)
+        return {"copd": sides.copd_grpo_step, "hf_baseline": sides.hf_baseline_step, "floor": sides.hf_baseline_step,
+                "trl": trl_side.trl_grpo_step}[side](wl, sizes)
     n = int(comparison[len("phase2_")])
     if side == "plain_grpo":
         return sides.copd_grpo_step(wl, sizes, prompts=sides.phase2_rows(sizes, n) // sizes.group)
@@ -68,6 +69,23 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     torch.set_num_threads(a.threads)
     step = build(a.model, a.comparison, a.side, SMOKE if a.smoke else Sizes())
+    print(json.dumps(peak_of(step)))
+
+
+def peak_of(step, device=None, steps: int = 2) -> list[float]:
+    """[peak MiB, rise over the memory before the first step] while `step` runs `steps` times: resident set
+    polled every ms on a CPU, allocated memory on a GPU (torch.cuda.max_memory_allocated)."""
+    import torch
+
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated(device)
+        return [peak / 2**20, (peak - base) / 2**20]
     base = peak = _rss()
     done = threading.Event()
 
@@ -78,13 +96,12 @@ def main() -> None:
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    for _ in range(2):
+    for _ in range(steps):
         step()
     done.set()
     poller.join()
     peak = max(peak, _rss())
-    print(json.dumps([peak / 2**20, (peak - base) / 2**20]))
-
+    return [peak / 2**20, (peak - base) / 2**20]
 
 if __name__ == "__main__":
     main()

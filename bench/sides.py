@@ -1,7 +1,8 @@
 """The timed sides of each comparison, each a closure that runs one unit of work and returns tokens sampled.
 
 copd sides call the trainer's own modules exactly as `trainer.units.run_train_unit` does (HFEngine,
-`native_batch` / `cross_batch`, `update_step`); the floor is the least a GRPO step can do in torch.
+`native_batch` / `cross_batch`, `update_step`, the units' AdamW); `hf_baseline` is a GRPO step written
+directly against stock transformers.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def without_lean(step: Step) -> Step:
 
 
 def _adamw(model) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
+    """AdamW as a training unit makes it (`trainer.steps.make_optimizer`: fused where torch has the kernel)."""
+    from trainer.steps import make_optimizer
+
+    return make_optimizer(model.parameters(), LR)
 
 
 def copd_grpo_step(wl: Workload, sizes: Sizes, prompts: int | None = None) -> Step:
@@ -119,8 +123,10 @@ def _perturbed(model, seed: int):
     return model
 
 
-def floor_step(wl: Workload, sizes: Sizes) -> Step:
-    """The bare-torch floor: one batched `generate` (KV cache), one forward/backward, one AdamW step."""
+def hf_baseline_step(wl: Workload, sizes: Sizes) -> Step:
+    """A stock-transformers GRPO step (called `floor` before issue 20, but it is a baseline, not a lower bound:
+    it does TRL's FLOPs — every row's prompt again, padding included — with none of TRL's bookkeeping): one
+    batched `generate` (KV cache), one forward/backward over prompt ‖ completion, one AdamW step."""
     model, tok = wl.model(), wl.tokenizer
     opt = _adamw(model)
     stream = prompt_stream(wl, NATIVE, sizes.prompts)
@@ -144,6 +150,9 @@ def floor_step(wl: Workload, sizes: Sizes) -> Step:
         model.eval()
         return int((seq[:, p:] != tok.pad_token_id).sum())
     return step
+
+
+floor_step = hf_baseline_step  # the old name
 
 
 def copd_rollout(wl: Workload, sizes: Sizes) -> Step:

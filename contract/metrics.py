@@ -72,7 +72,9 @@ REWARD_ERRORS = _m("reward/plugin_errors", "sum", "train", "step",
                    "samples of the native batch whose reward plugin raised (each scored 0; the first traceback is an event)")
 REWARD_PART = _m("reward/<part>", "mean", "train", "step",
                  "a reward part: a plugin's extra key, or `correct` / `format` with format_reward (mean over the samples that have it)")
-CLIP_FRAC = _m("grpo/clip_frac", "mean", "train", "step", "share of tokens whose ratio was clipped")
+CLIP_FRAC = _m("grpo/clip_frac", "mean", "train", "step",
+               "share of the native batch's tokens whose ratio was clipped, over all of the step's updates "
+               "(0 with grpo.mini_batches 1: the old policy is the current one)")
 ZERO_ADV = _m("grpo/zero_adv_groups", "mean", "train", "step",
               "share of GRPO groups whose samples all got the same reward (no signal)")
 KL_REF = _m("grpo/kl_ref", "mean", "train", "step", "KL to the reference model (only when grpo.kl_coef > 0)")
@@ -96,6 +98,8 @@ LOSS_OPD = _m("loss/opd", "mean", "opd", "step", "OPD policy-gradient loss of th
 OPD_KL = _m("opd/kl", "mean", "opd", "step", "sampled reverse KL student ‖ teacher, weighted over teachers")
 OPD_KL_TEACHER = _m("opd/kl/<teacher>", "mean", "opd", "step", "sampled reverse KL student ‖ this teacher")
 OPD_ADV = _m("opd/adv", "mean", "opd", "step", "mean OPD token advantage β·(log π_teacher − log π_student)")
+OPD_CLIP_FRAC = _m("opd/clip_frac", "mean", "opd", "step",
+                   "share of the cross batches' tokens whose ratio was clipped, over all of the step's updates")
 OPD_BETA = _m("opd/beta", "mean", "opd", "step", "β the step used")
 # ---- after each cycle's evaluation --------------------------------------------------------------
 ACC = _m("acc/<domain>", "mean", "eval", "cycle", "greedy accuracy on the domain's held-out prompts")

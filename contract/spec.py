@@ -235,6 +235,15 @@ class GrpoSpec(_Model):
     eps_high: float = Field(0.28, ge=0.0, le=10.0, description="Upper clip range of the ratio.")
     kl_coef: float = Field(0.0, ge=0.0, description="KL-to-reference coefficient (0 = no KL term, the paper's setting).")
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
+    mini_batches: int = Field(1, ge=1, le=1024, description=(
+        "Clipped optimizer updates per rollout batch (verl's train batch ÷ ppo_mini_batch_size): each takes its "
+        "share of every batch's rows, and its old policy is the rollout's, so from the second update on the "
+        "clip (eps_low / eps_high) and the TIS correction act. 1 = one update per batch (old = current policy)."))
+    micro_batch_tokens: int | None = Field(16384, ge=1, le=1 << 30, description=(
+        "Positions (prompt tokens once per prompt + completion tokens, padding included) per training "
+        "forward+backward; a larger batch runs in several, gradients accumulated (the same update). Rows go "
+        "longest first and each micro-batch is trimmed to its own longest prompt and completion. null = the "
+        "whole batch at once."))
 
 
 class OpdSpec(_Model):
@@ -413,6 +422,13 @@ class ComputeSpec(_Model):
     teacher_device: Literal["same", "other", "cpu"] = Field(
         "same", description="Where Phase II teachers live: the student's GPU, the next visible GPU, or CPU memory "
                             "(moved to the GPU only to score).")
+    compile: Literal["off", "on"] = Field(
+        "off", description="torch.compile of the training forward+backward (dynamic shapes). Off by default: on "
+                           "this project's CPU it warmed up for minutes and stepped no faster (docs/perf.md); "
+                           "on a GPU, measure before turning it on.")
+    adamw: Literal["auto", "fused", "foreach", "loop"] = Field(
+        "auto", description="AdamW's implementation: auto = fused where torch has the kernel for every parameter "
+                            "(CPU and CUDA tensors, not FSDP shards), else torch's default.")
 
 
 class TinyModelSpec(_Model):

@@ -470,7 +470,7 @@ try:  # bench/ lives in the repository, not in the installed package: `copd benc
 except ImportError:
     @app.command("bench")
     def _bench_elsewhere() -> None:
-        """Benchmarks vs TRL and a bare-torch floor (run from the repository root; see docs/perf.md)."""
+        """Benchmarks vs TRL and a stock-transformers baseline (run from the repository root; see docs/perf.md)."""
         fail("copd bench runs from the repository root, where bench/ lives (or: python -m bench)")
 
 

@@ -16,7 +16,7 @@ def test_bench_smoke_prints_the_table():
     lines = out.stdout.splitlines()
     assert any(line.startswith("| model | comparison | side |") for line in lines)
     sides = {tuple(c.strip() for c in line.split("|")[1:4]) for line in lines if line.startswith("| tiny |")}
-    expected = {("tiny", "grpo_step", "copd"), ("tiny", "grpo_step", "floor"), ("tiny", "phase2_1t", "plain_grpo"),
+    expected = {("tiny", "grpo_step", "copd"), ("tiny", "grpo_step", "hf_baseline"), ("tiny", "phase2_1t", "plain_grpo"),
                 ("tiny", "phase2_1t", "plain_grpo_same"), ("tiny", "phase2_1t", "phase2_1t"),
                 ("tiny", "phase2_2t", "phase2_2t"), ("tiny", "rollout", "copd")}
     assert expected <= sides
@@ -26,7 +26,7 @@ def test_bench_smoke_prints_the_table():
         assert "trl is not installed" in out.stdout
     else:
         assert {("tiny", "grpo_step", "trl"), ("tiny", "rollout", "trl")} <= sides
-    assert any("copd step time ÷ bare-torch floor" in line for line in lines)
+    assert any("copd step time ÷ stock-transformers baseline" in line for line in lines)
 
 
 def test_lean_decoder_matches_transformers():
@@ -57,3 +57,14 @@ def test_lean_decoder_matches_transformers():
     finally:
         LeanDecoder.enabled = True
     assert torch.equal(greedy.tokens.completion_ids, reference.tokens.completion_ids)
+
+
+def test_real_size_bench_smoke_prints_its_table():
+    """`python -m bench.real_size --smoke` (tiny sizes of the real-size bench) runs end to end; no timings checked."""
+    env = {**os.environ, "COPD_TORCH_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "bench.real_size", "--smoke", "--only", "grpo"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]) for line in out.stdout.splitlines() if line.startswith("| grpo |")}
+    assert {("grpo", "copd"), ("grpo", "copd_whole")} <= rows
+    assert any(line.startswith("- GRPO: copd step time ÷ TRL's") for line in out.stdout.splitlines())

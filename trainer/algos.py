@@ -328,17 +328,18 @@ def _chunk_stats(hidden: Tensor, weight: Tensor, bias: Tensor | None, tokens: Te
 
 def chunked_token_stats(hidden: Tensor, weight: Tensor, bias: Tensor | None, tokens: Tensor,
                         temperature: float = 1.0, chunk: int = 1024,
-                        entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                        entropy: bool = False, recompute: bool = True) -> tuple[Tensor, Tensor | None]:
     """`token_logprobs` (and `entropy_from_logits`) of logits = hidden · weightᵀ + bias, without the [N, T, V]
     tensor: positions go through the vocabulary projection `chunk` at a time, and under autograd each chunk
     is recomputed in the backward (only its hidden states are kept), so memory is [chunk, V], not [N·T, V].
 
     hidden [N, T, D], weight [V, D], bias [V] | None, tokens [N, T] → logp [N, T] (differentiable),
-    entropy [N, T] (detached) or None.
+    entropy [N, T] (detached) or None. recompute=False keeps each chunk's logits for the backward instead
+    (one chunk of all positions: the plain path, without the recompute's second projection).
     """
     n, t, d = hidden.shape
     flat, ids = hidden.reshape(n * t, d), tokens.reshape(n * t)
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    grad = recompute and torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     logps, ents = [], []
     for s in range(0, n * t, chunk):
         args = (flat[s: s + chunk], weight, bias, ids[s: s + chunk], temperature, entropy)

@@ -11,8 +11,8 @@ behind the same interface; `trainer.engines` picks one by the spec's `rollout.en
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, replace
-from typing import Protocol, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,10 @@ from trainer.algos import chunked_token_stats, entropy_from_logits, token_logpro
 # model (32 tokens) never.
 LOGITS_BUDGET = 1 << 27
 CHUNK_ELEMENTS = 1 << 24
+# From this vocabulary size on, only the real completion positions (mask 1) go through the vocabulary projection:
+# at a real vocabulary the head is most of a small model's FLOPs, and positions after EOS are pure waste there.
+# Below it (the tiny model's 36 tokens) the head is nothing and the plain [N, T, V] path is the faster one.
+HEAD_SELECT_VOCAB = 4096
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,9 @@ class TokenBatch:
     prompt_mask: Tensor       # [N, P] 1 = real token
     completion_ids: Tensor    # [N, T]
     completion_mask: Tensor   # [N, T] 1 = generated token up to and including EOS
+    # Further per-row model inputs (first dimension N, e.g. a vision model's pixel values): carried through
+    # select / to / trimmed unchanged, passed to the transformers forward by name.
+    extra: Mapping[str, Tensor] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -45,12 +52,27 @@ class TokenBatch:
 
     def select(self, idx: Tensor) -> "TokenBatch":
         """Rows idx of every tensor."""
-        return TokenBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx], self.completion_mask[idx])
+        return TokenBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx], self.completion_mask[idx],
+                          {k: v[idx] for k, v in self.extra.items()})
 
     def to(self, device) -> "TokenBatch":
         """The same batch on another device."""
         return TokenBatch(*(x.to(device) for x in (self.prompt_ids, self.prompt_mask, self.completion_ids,
-                                                    self.completion_mask)))
+                                                    self.completion_mask)),
+                          {k: v.to(device) for k, v in self.extra.items()})
+
+    def trimmed(self) -> "TokenBatch":
+        """The same rows without the columns no row needs: left padding every prompt has, and completion
+        positions after every row's last real token. Causal attention and mask-counted positions make the
+        kept positions' logits those of the untrimmed batch (to float rounding); completions keep their first
+        `completion_width` columns."""
+        left = int((self.prompt_mask.sum(0) == 0).long().cumprod(0).sum())          # leading all-pad columns
+        width = max(1, int(self.completion_mask.sum(1).max())) if self.size else 0
+        if left == 0 and width == self.completion_ids.shape[1]:
+            return self
+        left = min(left, self.prompt_ids.shape[1] - 1)                               # keep ≥ 1 prompt column
+        return TokenBatch(self.prompt_ids[:, left:], self.prompt_mask[:, left:], self.completion_ids[:, :width],
+                          self.completion_mask[:, :width], dict(self.extra))
 
 
 @dataclass(frozen=True)
@@ -138,9 +160,22 @@ def completion_mask(completion_ids: Tensor, eos_id: int) -> Tensor:
     return (~after_eos).long()
 
 
-def forward_logits(model, batch: TokenBatch) -> Tensor:
-    """Logits that predict each completion token: [N, T, V] (one forward over prompt ‖ completion)."""
-    return _forward(model, batch, project=True)
+def forward_logits(model, batch: TokenBatch, *, compiled: bool = False) -> Tensor:
+    """Logits that predict each completion token: [N, T, V] (one forward over prompt ‖ completion);
+    `compiled`: through `torch.compile` (spec `compute.compile`)."""
+    return _forward_fn(compiled)(model, batch, project=True)
+
+
+_COMPILED: dict = {}
+
+
+def _forward_fn(compiled: bool):
+    """`_forward`, or its `torch.compile`d twin (dynamic shapes: every batch has its own widths), built once."""
+    if not compiled:
+        return _forward
+    if "forward" not in _COMPILED:
+        _COMPILED["forward"] = torch.compile(_forward, dynamic=True)
+    return _COMPILED["forward"]
 
 
 @dataclass(frozen=True)
@@ -161,31 +196,52 @@ def output_head(model):
     return head
 
 
-def forward_hidden(model, batch: TokenBatch) -> Hidden | None:
+def forward_hidden(model, batch: TokenBatch, *, compiled: bool = False) -> Hidden | None:
     """`forward_logits` stopped before the vocabulary projection, or None where that is not possible (another
     head, FSDP-sharded weights, a model without `logits_to_keep`)."""
     head = output_head(model)
     if head is None:
         return None
-    states = _forward(model, batch, project=False)
+    states = _forward_fn(compiled)(model, batch, project=False)
     return None if states is None else Hidden(states, head.weight, head.bias)
 
 
 def token_stats(model, batch: TokenBatch, temperature: float = 1.0, *,
-                entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                entropy: bool = False, compiled: bool = False) -> tuple[Tensor, Tensor | None]:
     """log π of each completion token [N, T] (differentiable) and, if asked, each position's entropy [N, T]
-    (detached). Large ones (beyond LOGITS_BUDGET) never build the [N, T, V] logits."""
+    (detached). Large ones (beyond LOGITS_BUDGET) never build the [N, T, V] logits; at a large vocabulary
+    (HEAD_SELECT_VOCAB) only real positions are projected, and positions after EOS read 0."""
     n, t = batch.completion_ids.shape
     head = output_head(model)
-    if head is not None and n * t * head.weight.shape[0] > LOGITS_BUDGET:
-        hidden = forward_hidden(model, batch)
+    if head is not None and (n * t * head.weight.shape[0] > LOGITS_BUDGET or head.weight.shape[0] >= HEAD_SELECT_VOCAB):
+        hidden = forward_hidden(model, batch, compiled=compiled)
         if hidden is not None:
-            chunk = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
-            return chunked_token_stats(hidden.states, hidden.weight, hidden.bias, batch.completion_ids, temperature,
-                                       chunk, entropy)
-    logits = forward_logits(model, batch)                                            # [N, T, V]
+            return _head_stats(hidden, batch, temperature, entropy)
+    logits = forward_logits(model, batch, compiled=compiled)                         # [N, T, V]
     logp = token_logprobs(logits, batch.completion_ids, temperature)
     return logp, entropy_from_logits(logits.detach(), temperature) if entropy else None
+
+
+def _head_stats(hidden: Hidden, batch: TokenBatch, temperature: float,
+                entropy: bool) -> tuple[Tensor, Tensor | None]:
+    """`token_stats` from the last hidden states: the real positions' rows [M, D] through the head, in chunks
+    (each recomputed in the backward) when M·V passes CHUNK_ELEMENTS, in one piece otherwise; 0 elsewhere."""
+    real = batch.completion_mask.bool()                                              # [N, T]
+    n, t = real.shape
+    v, d = hidden.weight.shape
+    everywhere = bool(real.all())
+    states = hidden.states.reshape(1, n * t, d) if everywhere else hidden.states[real].unsqueeze(0)  # [1, M, D]
+    ids = batch.completion_ids.reshape(1, -1) if everywhere else batch.completion_ids[real].unsqueeze(0)
+    m = ids.shape[1]
+    # more than one chunk's logits (64 MiB) are never kept for the backward: a step holds several batches'
+    # graphs at once (native + each teacher's cross batch), and at 512 MiB each they added up to GBs
+    chunk = max(1, CHUNK_ELEMENTS // v) if m * v > CHUNK_ELEMENTS else max(m, 1)
+    logp, ent = chunked_token_stats(states, hidden.weight, hidden.bias, ids, temperature, chunk, entropy,
+                                    recompute=chunk < m)
+    if everywhere:
+        return logp.view(n, t), (ent.view(n, t) if ent is not None else None)
+    out = logp.new_zeros(n, t).index_put((real,), logp.view(-1))                    # differentiable scatter
+    return out, (logp.new_zeros(n, t).index_put_((real,), ent.view(-1)) if ent is not None else None)
 
 
 def token_topk(model, batch: TokenBatch, k: int) -> Tensor:
@@ -216,21 +272,27 @@ def _forward(model, batch: TokenBatch, *, project: bool) -> Tensor | None:
     # the sampler attends to every generated token, EOS padding included; do the same so logprobs match.
     attn = torch.cat([batch.prompt_mask, torch.ones_like(batch.completion_ids)], dim=1)
     p, t = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
-    lean = LeanDecoder.of(model)
+    lean = None if batch.extra else LeanDecoder.of(model)
     g = shared_prompt_rows(batch) if SHARE_PROMPTS else 1
     if lean is not None:
         if g > 1:  # G samples of one prompt: its tokens go through the model once (same logits and gradients)
             return lean.forward_shared(batch.prompt_ids[::g], batch.prompt_mask[::g], batch.completion_ids, g,
                                        project=project)
+        runs = prompt_runs(batch) if SHARE_PROMPTS else None
+        if runs is not None:  # uneven runs (a micro-batch holding part of a group): each prompt still once
+            first, rows_of = runs
+            return lean.forward_shared(batch.prompt_ids[first], batch.prompt_mask[first], batch.completion_ids, 0,
+                                       project=project, rows_of=rows_of)
         return lean.forward(ids, attn, position_ids_from_mask(attn), logits_from=p - 1, project=project)[:, :t]
     keep = {} if project else _hidden_args(model)
     if keep is None:
         return None
-    if g > 1:
+    if g > 1 and not batch.extra:
         shared = _forward_shared_cache(model, batch, g, project=project)
         if shared is not None:
             return shared
-    out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=False, **keep)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=False,
+                **keep, **batch.extra)
     return (out.logits if project else out.hidden_states[-1])[:, p - 1: p + t - 1]
 
 
@@ -290,7 +352,21 @@ def shared_prompt_rows(batch: TokenBatch) -> int:
     return g if bool(same[inside].all()) else 1
 
 
-def _sharded(model) -> bool:
+def prompt_runs(batch: TokenBatch) -> tuple[Tensor, Tensor] | None:
+    """Runs of consecutive rows with one prompt, of any lengths: (first row of each run [U], run of each row
+    [N]), or None when no two neighbouring rows share a prompt."""
+    n = batch.size
+    if n < 2:
+        return None
+    ids, mask = batch.prompt_ids, batch.prompt_mask
+    same = (ids[1:] == ids[:-1]).all(1) & (mask[1:] == mask[:-1]).all(1)   # [N-1] row i+1 repeats row i
+    if not bool(same.any()):
+        return None
+    starts = torch.cat([same.new_ones(1), ~same])                          # [N] a run starts here
+    return starts.nonzero().view(-1), starts.long().cumsum(0) - 1
+
+
+def sharded(model) -> bool:
     """FSDP-sharded (DTensor) parameters: the lean forward reads raw weights and would skip FSDP's gathering.
 
     Any parameter, not only the embedding: FSDP keeps the root's weights gathered between forward and backward.
@@ -298,6 +374,9 @@ def _sharded(model) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+_sharded = sharded
 
 
 def _checkpointing(model) -> bool:
@@ -401,7 +480,7 @@ class LeanDecoder:
         return F.linear(h, head.weight, head.bias)
 
     def forward_shared(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, g: int, *,
-                       project: bool = True) -> Tensor:
+                       project: bool = True, rows_of: Tensor | None = None) -> Tensor:
         """Logits predicting each completion token, [N, T, V], when every g consecutive rows share one prompt.
 
         prompt_ids, prompt_mask: [U, P] (one row per prompt, left padded); completion_ids: [N, T], N = U·g.
@@ -409,11 +488,16 @@ class LeanDecoder:
         queries attend to them and, causally, to their own tokens. The logits equal `forward`'s on the
         repeated rows (to float rounding) and so do the gradients (the repeat's backward sums the g rows):
         a prompt's tokens cost 1/g of the training forward and backward instead of once per sample.
+        rows_of [N] (instead of g): the prompt of each completion row, for runs of uneven lengths.
         """
         m = self.model.model
         (u, p), (n, t) = prompt_ids.shape, completion_ids.shape
+
+        def spread(x: Tensor) -> Tensor:  # [U, ...] → [N, ...], each prompt's row to its completions
+            return x.repeat_interleave(g, 0) if rows_of is None else x.index_select(0, rows_of)
+
         pos_p = position_ids_from_mask(prompt_mask)                                  # [U, P]
-        pos_c = (pos_p[:, -1:] + 1 + torch.arange(t, device=pos_p.device)).repeat_interleave(g, 0)  # [N, T]
+        pos_c = spread(pos_p[:, -1:] + 1 + torch.arange(t, device=pos_p.device))    # [N, T]
         h = F.embedding(torch.cat([prompt_ids.reshape(-1), completion_ids.reshape(-1)]), m.embed_tokens.weight)
         cos_p, sin_p = (x.unsqueeze(1) for x in m.rotary_emb(h, pos_p))              # [U, 1, P, hd]
         cos_c, sin_c = (x.unsqueeze(1) for x in m.rotary_emb(h, pos_c))              # [N, 1, T, hd]
@@ -421,7 +505,7 @@ class LeanDecoder:
         keys_p = (prompt_mask.bool()[:, None, None, :] & (q_at[None, :] <= q_at[:, None])) | torch.eye(p, dtype=torch.bool, device=h.device)
         mask_p = h.new_zeros(keys_p.shape).masked_fill_(~keys_p, float("-inf"))      # [U, 1, P, P]
         causal = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
-        keys_c = torch.cat([prompt_mask.bool().repeat_interleave(g, 0)[:, None, None, :].expand(n, 1, t, p),
+        keys_c = torch.cat([spread(prompt_mask.bool())[:, None, None, :].expand(n, 1, t, p),
                             causal.expand(n, 1, t, t)], dim=-1)                      # [N, 1, T, P + T]
         mask_c = h.new_zeros(keys_c.shape).masked_fill_(~keys_c, float("-inf"))
         split = u * p
@@ -440,7 +524,7 @@ class LeanDecoder:
                 if kv is None:   # the prompts: causal over their own tokens
                     att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_p, scale=scaling,
                                                          enable_gqa=self.heads != self.kv_heads)
-                    kv = (k.repeat_interleave(g, 0), v.repeat_interleave(g, 0))       # [N, KV, P, hd]
+                    kv = (spread(k), spread(v))                                      # [N, KV, P, hd]
                 else:            # the completions: their prompt's keys, then their own, causally
                     k, v = torch.cat([kv[0], k], dim=2), torch.cat([kv[1], v], dim=2)
                     att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_c, scale=scaling,
@@ -450,7 +534,7 @@ class LeanDecoder:
             x = F.rms_norm(h, ln2.weight.shape, ln2.weight, ln2.variance_epsilon)
             gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, down)
-        last = h[:split].view(u, p, -1)[:, -1:].repeat_interleave(g, 0)             # [N, 1, D] predicts token 0
+        last = spread(h[:split].view(u, p, -1)[:, -1:])                              # [N, 1, D] predicts token 0
         h = torch.cat([last, h[split:].view(n, t, -1)[:, : t - 1]], dim=1)           # [N, T, D]
         h = F.rms_norm(h, m.norm.weight.shape, m.norm.weight, m.norm.variance_epsilon)
         if not project:
@@ -488,7 +572,7 @@ class LeanDecoder:
         toks, logps = [], []
         for t in range(max_new_tokens):
             logp = (logits.float() / (1.0 if greedy else temperature)).log_softmax(-1)  # [N, V]
-            tok = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1).squeeze(1)
+            tok = logp.argmax(-1) if greedy else draw_tokens(logp.exp())
             tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
             toks.append(tok)
             logps.append(logp.gather(-1, tok[:, None]).squeeze(1))
@@ -498,6 +582,18 @@ class LeanDecoder:
             logits = self.forward(tok[:, None], keys[:, : p + t + 1], next_pos + t, cache=cache, start=p + t,
                                   weights=weights)[:, -1]
         return torch.stack(toks, 1), torch.stack(logps, 1)
+
+
+def draw_tokens(probs: Tensor) -> Tensor:
+    """One token per row of probs [N, V] (rows sum to 1): `torch.multinomial`, or from HEAD_SELECT_VOCAB on by
+    the inverse CDF (a cumulative sum and one uniform per row; the same distribution): multinomial draws
+    per-category random numbers, 50 ms for 16 rows of a 151,936-token vocabulary on this CPU against 2.6 ms."""
+    if probs.shape[-1] < HEAD_SELECT_VOCAB:
+        return torch.multinomial(probs, 1).squeeze(1)
+    cdf = probs.cumsum(-1)                                                       # [N, V]
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    # right side: the first j with cdf[j] > u, so a zero-probability token is never drawn
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
 class HFEngine:
@@ -531,18 +627,24 @@ class HFEngine:
 
     def _generate(self, ids: Tensor, mask: Tensor, temperature: float, max_new_tokens: int,
                   greedy: bool) -> tuple[Tensor, Tensor]:
-        """transformers `generate` (any architecture): completions [N, T] and their logprobs [N, T]."""
+        """transformers `generate` (any architecture): completions [N, T] and their logprobs [N, T].
+
+        The logprobs are taken step by step (`_StepLogprobs`), so no [N, T, V] stack of every step's logits
+        is kept (`output_logits` would: 20 GB at 64 rows × 512 tokens of a 151,936-token vocabulary)."""
+        from transformers import LogitsProcessorList
+
         was_training = self.model.training
         self.model.eval()
-        kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+        # the temperature is applied by `record` (so no warper of generate's own runs before or after it)
+        kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+        record = _StepLogprobs(1.0 if greedy else temperature)
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-            eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-            return_dict_in_generate=True, output_logits=True, **kwargs)
+            eos_token_id=self.eos_id, pad_token_id=self.pad_id, logits_processor=LogitsProcessorList([record]),
+            return_dict_in_generate=True, **kwargs)
         self.model.train(was_training)
         comp = out.sequences[:, ids.shape[1]:]                                      # [N, T]
-        logits = torch.stack(out.logits, dim=1)                                     # [N, T, V] raw
-        return comp, token_logprobs(logits, comp, 1.0 if greedy else temperature)
+        return comp, record.finish(comp)
 
     def logprobs(self, batch: TokenBatch, *, temperature: float = 1.0) -> Tensor:
         """Scores on this engine's device (inference mode), returned on the batch's device."""
@@ -566,6 +668,32 @@ class HFEngine:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class _StepLogprobs:
+    """The temperature warper of `generate`, as a logits processor that also keeps that step's log-softmax
+    [N, V] and, at the next call, picks the log π of the token the step drew; `finish` picks the last one.
+    [N, T] in the end, never [N, T, V]."""
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature, self.prev, self.picked = temperature, None, []
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.prev is not None:
+            self.picked.append(self.prev.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        scores = scores / self.temperature if self.temperature != 1.0 else scores
+        self.prev = scores.float().log_softmax(-1)
+        return scores
+
+    def finish(self, completion: Tensor) -> Tensor:
+        """The [N, T] logprobs of the T completion tokens `generate` returned."""
+        t = len(self.picked)
+        if self.prev is not None and t < completion.shape[1]:
+            self.picked.append(self.prev.gather(-1, completion[:, t: t + 1]).squeeze(-1))
+        self.prev = None
+        if not self.picked:
+            return completion.new_zeros(completion.shape, dtype=torch.float32)
+        return torch.stack(self.picked, 1)
 
 
 def with_logp(rollout: Rollout, logp: Tensor) -> Rollout:

@@ -95,9 +95,27 @@ class RunContext:
 
 # ---- opening a policy ----------------------------------------------------------------------------
 
-def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
-    """The one optimizer factory of the training units."""
-    return torch.optim.AdamW(params, lr=lr, **ADAMW)
+def make_optimizer(params, lr: float, impl: str = "auto") -> torch.optim.Optimizer:
+    """The one optimizer factory of the training units; impl (spec `compute.adamw`): auto = fused where torch
+    has the fused kernel for every parameter (plain CPU / CUDA tensors), else torch's default."""
+    params = list(params)
+    return torch.optim.AdamW(params, lr=lr, **ADAMW, **adamw_impl(params, impl))
+
+
+def adamw_impl(params, impl: str = "auto") -> dict[str, bool]:
+    """AdamW's `fused` / `foreach` arguments for `impl`: fused | foreach | loop | auto (fused where supported:
+    on this CPU 4.2× (tiny) and 2.8× (small) faster than the loop per step, docs/perf.md)."""
+    from torch.distributed.tensor import DTensor
+
+    if impl == "loop":
+        return {"foreach": False}
+    if impl == "foreach":
+        return {"foreach": True}
+    plain = all(not isinstance(p, DTensor) and p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for p in params)
+    if impl == "fused" or (impl == "auto" and plain and params):
+        return {"fused": True}
+    return {}
 
 
 def optimizer_state(folder: Path) -> dict[str, Any] | None:
@@ -142,7 +160,7 @@ def open_policy(ctx: RunContext, unit: Unit, reporter: Reporter, name: str, src:
     model, tok = ctx.load(src)
     model = place(model, spec.compute, dev, trainable=True)
     version, knobs = unit_knobs(reporter, spec)
-    opt = make_optimizer(model.parameters(), knobs.lr)
+    opt = make_optimizer(model.parameters(), knobs.lr, spec.compute.adamw)
     state = optimizer_state(src) if continues else None
     if state is not None:
         opt.load_state_dict(state)
@@ -181,7 +199,7 @@ def train_step(engine, model, opt, native, cross, spec: RunSpec, lr: float) -> d
     """One optimizer step on the batches, with the engine's memory freed meanwhile and its weights synced after."""
     engine.sleep()
     values = update_step(model, opt, native, cross, spec.grpo, lr, tis_cap=spec.rollout.tis_cap,
-                         amp=autocast_dtype(spec.compute))
+                         amp=autocast_dtype(spec.compute), compiled=spec.compute.compile == "on")
     engine.wake()
     engine.sync_weights(model)
     return values

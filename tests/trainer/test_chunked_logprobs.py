@@ -76,8 +76,9 @@ def test_token_stats_chunked_equal_full(arch, shared, lean, monkeypatch) -> None
     model, batch = _model(arch), _batch(shared)
     model.train()
     logits = forward_logits(model, batch)
-    want = token_logprobs(logits, batch.completion_ids, 0.9)
-    want_ent = entropy_from_logits(logits.detach(), 0.9)
+    mask = batch.completion_mask
+    want = token_logprobs(logits, batch.completion_ids, 0.9) * mask  # positions after EOS read 0 (never projected)
+    want_ent = entropy_from_logits(logits.detach(), 0.9) * mask
     want.sum().backward()
     want_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad(set_to_none=True)
@@ -125,3 +126,22 @@ def test_overlap_in_chunks_equals_the_full_logits(monkeypatch) -> None:
     monkeypatch.setattr(R, "CHUNK_ELEMENTS", 2 * len(tok))
     torch.manual_seed(4)  # the same samples of `a`
     assert overlap_row("a", engines, dom, 8, 3, 1.0, 6) == pytest.approx(full, abs=1e-6)
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_generate_logprobs_without_every_steps_logits(greedy, monkeypatch) -> None:
+    """transformers `generate` (no lean decoder) keeps one step's logits at a time; its logprobs are the
+    scoring forward's (which the trainer uses as π_old), sampled at a temperature or greedy."""
+    from trainer.models import build_char_tokenizer
+
+    tok = build_char_tokenizer(set("abc0123456789+="))
+    cfg = T.Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(5)
+    model = T.AutoModelForCausalLM.from_config(cfg).eval()
+    monkeypatch.setattr(R.LeanDecoder, "enabled", False)
+    torch.manual_seed(6)
+    roll = R.HFEngine(model, tok).sample(["1+2=", "33+45="], 3, temperature=0.7, max_new_tokens=9, greedy=greedy)
+    b = roll.tokens
+    want = token_stats(model, b, 1.0 if greedy else 0.7)[0] * b.completion_mask
+    assert roll.logp.shape == b.completion_ids.shape and float((roll.logp - want).abs().max()) < 1e-5
