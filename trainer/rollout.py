@@ -71,8 +71,10 @@ class TokenBatch:
         if left == 0 and width == self.completion_ids.shape[1]:
             return self
         left = min(left, self.prompt_ids.shape[1] - 1)                               # keep ≥ 1 prompt column
-        return TokenBatch(self.prompt_ids[:, left:], self.prompt_mask[:, left:], self.completion_ids[:, :width],
-                          self.completion_mask[:, :width], dict(self.extra))
+        # replace, not TokenBatch(...): a subclass keeps what it carries (a VisualTokenBatch its images)
+        return replace(self, prompt_ids=self.prompt_ids[:, left:], prompt_mask=self.prompt_mask[:, left:],
+                       completion_ids=self.completion_ids[:, :width], completion_mask=self.completion_mask[:, :width],
+                       extra=dict(self.extra))
 
 
 @dataclass(frozen=True)

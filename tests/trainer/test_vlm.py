@@ -116,6 +116,22 @@ def test_logprobs_match_between_sampler_and_trainer_with_images(domains, tiny_vl
     assert not torch.allclose(token_stats(model, b)[0][0], a[0])
 
 
+def test_a_trimmed_micro_batch_keeps_its_images(domains, tiny_vl):
+    """The update trims every micro-batch of padding (TokenBatch.trimmed): a batch with pictures must stay
+    one, with the same per-token logprobs on the positions it keeps."""
+    model, processor = tiny_vl
+    torch.manual_seed(0)
+    prompts = [domains["builtin:shapes"].train[0].model_input, domains["builtin:arith"].train[0].model_input]
+    roll = HFEngine(model, processor).sample(prompts, 2, temperature=1.0, max_new_tokens=5)
+    rows = torch.tensor([2, 3])  # the text prompt's rows: the shorter prompt, so left padding to trim
+    part = roll.tokens.select(rows)
+    cut = part.trimmed()
+    assert isinstance(cut, VisualTokenBatch) and cut.visual is part.visual
+    width = cut.completion_ids.shape[1]
+    want = token_stats(model, part)[0][:, :width] * part.completion_mask[:, :width]
+    assert torch.allclose(token_stats(model, cut)[0] * cut.completion_mask, want, atol=1e-5)
+
+
 def test_records_with_images_and_frames(tmp_path):
     (tmp_path / "img").mkdir()
     for i in range(3):
