@@ -88,8 +88,15 @@ def test_compare_api_unreachable_is_one_line(tmp_path, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    from contract.settings import get_settings
+
     monkeypatch.setenv("COPD_API_TOKEN", "compare-test-token-0123456789")
-    res = CliRunner().invoke(app, [str(SMOKE), "--out", str(tmp_path / "o"), "--api", dead])
+    get_settings.cache_clear()  # settings read by an earlier test are cached: read this environment
+    try:
+        res = CliRunner().invoke(app, [str(SMOKE), "--out", str(tmp_path / "o"), "--api", dead])
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
     assert res.exit_code == 2
     assert res.output.strip().startswith("error: --api: API not reachable at") and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "runs").exists()  # nothing started

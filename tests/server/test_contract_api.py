@@ -48,7 +48,7 @@ def test_vocab_lists_what_the_server_knows(api: Api) -> None:
     assert r.status_code == 200, r.text
     v = r.json()
     assert [s["name"] for s in v["strategies"]] == list(STRATEGIES) and all(s["note"] for s in v["strategies"])
-    assert v["builtin_domains"] == list(BUILTIN_DOMAINS) and len(v["builtin_domains"]) == 12
+    assert v["builtin_domains"] == list(BUILTIN_DOMAINS) and len(v["builtin_domains"]) == 14  # 12 text, 2 visual (builtin:shapes, builtin:motion)
     assert v["verifiers"] == list(VERIFIERS) and v["statuses"] == list(STATUSES)
     assert v["extracts"] == ["last", "first", "hash", "boxed", "answer_tag", "whole"]
     assert v["domain_types"] == ["jsonl", "dataset"]

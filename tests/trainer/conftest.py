@@ -25,6 +25,15 @@ def tiny_spec(**overrides):
     return parse_spec(data)
 
 
+def shipped_tiny() -> dict:
+    """The default `tiny:` recipe: builtin:tiny then loads the shipped, warm-started base (no warm start), whose
+    experts really learn in a step or two. For tests that need a training signal (groups with right and wrong
+    answers), which the test recipe above, a model and not a skill, does not give."""
+    from contract.spec import TinyModelSpec
+
+    return TinyModelSpec().model_dump()
+
+
 @pytest.fixture
 def spec():
     return tiny_spec()

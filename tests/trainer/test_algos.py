@@ -1,4 +1,4 @@
-"""The math of DESIGN.md §5 against values computed by hand (written out in each test)."""
+"""The math functions (advantages, losses, overlap, merge) against values computed by hand (written out in each test)."""
 
 
 import math

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from contract.settings import get_settings
 from copd.cli import app
-from tests.trainer.conftest import tiny_spec
+from tests.trainer.conftest import shipped_tiny, tiny_spec
 from trainer.checkpoint import read_state, verify_checkpoint
 from trainer.local import train_local
 
@@ -22,7 +22,7 @@ def finished(tmp_path_factory, model_cache):
     """A finished 1-cycle CoPD run whose own merge is TIES (the delta path inside the run)."""
     out = tmp_path_factory.mktemp("run") / "run"
     spec = tiny_spec(schedule={"cycles": 1, "rl_steps": 1, "opd_steps": 1},
-                     merge={"method": "ties", "density": 0.5})
+                     merge={"method": "ties", "density": 0.5}, tiny=shipped_tiny())  # experts with deltas to merge
     train_local(spec, out, model_cache, log_fn=lambda m: None)
     return out
 

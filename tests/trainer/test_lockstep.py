@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from contract.plan import Unit, plan
 from contract.spec import SpecError
-from tests.trainer.conftest import tiny_spec
+from tests.trainer.conftest import shipped_tiny, tiny_spec
 from trainer import lockstep
 from trainer.local import train_local
 from trainer.reporter import JsonlReporter
@@ -64,7 +64,8 @@ def test_one_step_equals_the_frozen_teachers(tmp_path, model_cache):
 def test_teachers_score_with_the_peers_current_weights(tmp_path, model_cache):
     """After a step, a student's teacher logprobs come from the peer's updated weights, not its frozen
     end-of-Phase-I checkpoint."""
-    spec = tiny_spec(schedule={"cycles": 1, "rl_steps": 1, "opd_steps": 2}, opd={"teacher_sync": "step"})
+    spec = tiny_spec(schedule={"cycles": 1, "rl_steps": 1, "opd_steps": 2}, opd={"teacher_sync": "step"},
+                     tiny=shipped_tiny())  # experts that move after one step
     out = tmp_path / "run"
     train_local(spec, out, model_cache, log_fn=lambda m: None, max_units=3)  # c0/eval, c1/rl/image, c1/rl/video
     ctx = RunContext.create(spec, out, model_cache, log_fn=lambda m: None)

@@ -122,7 +122,7 @@ def test_the_form_offers_what_the_api_knows(ui_env: ApiProcess) -> None:
     at = open_page("new_run")
     no_traceback(at)
     assert list(at.selectbox(key="nr_expert_domain_0").options) == [*vocab["builtin_domains"], "jsonl file"]
-    assert len(vocab["builtin_domains"]) == 12
+    assert len(vocab["builtin_domains"]) == 14  # 12 text, 2 visual
     assert list(at.selectbox(key="nr_strategy").options) == [s["name"] for s in vocab["strategies"]]
 
 
