@@ -23,11 +23,21 @@ def thumbnail(src: bytes | str, px: int = MAX_THUMB_PX) -> bytes:
     return png(image)
 
 
+def clean(text: str, limit: int) -> str:
+    r"""Text any JSON body and database can hold: no NUL, no lone surrogate, at most `limit` characters.
+
+    >>> clean("a\x00b" + chr(0xD800) + "c", 10)
+    'ab?c'
+    """
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")[:limit]
+
+
 def prompt_sample(owner: str, index: int, sample: Sample) -> PromptSample:
     """The sample as the REST body shows it, without answers (long texts cut to the body's limits; a video
     of more than 16 frames keeps its first 16)."""
     images = [base64.b64encode(thumbnail(src)).decode("ascii") for src in sample.images[:MAX_SAMPLE_IMAGES]]
-    return PromptSample(domain=owner, index=index, prompt=sample.prompt[:20_000], reference=sample.answer[:4_000],
+    return PromptSample(domain=owner, index=index, prompt=clean(sample.prompt, 20_000),
+                        reference=clean(sample.answer, 4_000),
                         images=images)
 
 
@@ -43,7 +53,7 @@ class SampleSheet:
         """`model`'s greedy answers to `owner`'s held-out prompts, in order (only the first few are kept)."""
         for p, text, score in zip(self.prompts[owner], texts, scores):
             score = min(1.0, max(0.0, float(score)))
-            p.answers.append(SampleAnswer(model=model, answer=text[:4_000], score=score, correct=score >= 1.0))
+            p.answers.append(SampleAnswer(model=model, answer=clean(text, 4_000), score=score, correct=score >= 1.0))
 
     def items(self) -> list[PromptSample]:
         return [p for prompts in self.prompts.values() for p in prompts]

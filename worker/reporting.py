@@ -110,7 +110,12 @@ class RestReporter:
         """POST them, 16 prompts a request (well under the route's 64 prompts and 4 MiB)."""
         items = list(samples)
         for i in range(0, len(items), SAMPLES_PER_POST):
-            self.api.post_samples(self.run_id, min(cycle, self.cycles), items[i:i + SAMPLES_PER_POST])
+            try:
+                self.api.post_samples(self.run_id, min(cycle, self.cycles), items[i:i + SAMPLES_PER_POST])
+            except ApiError as err:
+                if err.status not in (413, 422):  # what the dashboard shows must never fail the unit
+                    raise
+                self.event(f"{self.unit.id}: sample prompts not recorded: {err.message}", level="warning")
 
     def event(self, message: str, *, level: str = "info", expert: str | None = None) -> None:
         self.api.post_event(self.run_id, message[:10_000], level=level, expert=expert)

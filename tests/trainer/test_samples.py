@@ -32,3 +32,5 @@ def test_sheet_takes_the_first_four_held_out_prompts_and_scores_answers():
     assert [len(p.images) for p in items] == [0, 1, 0, 1]
     assert Image.open(io.BytesIO(base64.b64decode(items[1].images[0]))).size == (96, 48)
     assert len(SampleSheet({"text": dom}, n_prompts=2).items()) == 2  # never more than the eval's prompts
+    sheet.add("b", "text", ["1\x00"], [1.0])  # a tokenizer's NUL would make the body unstorable
+    assert items[0].answers[-1].answer == "1"
