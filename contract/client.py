@@ -27,6 +27,8 @@ from contract.schemas import (
     KnobsPublic,
     RunList,
     RunPublic,
+    SamplesPublic,
+    SamplesWritten,
     SeriesList,
     Vocab,
 )
@@ -288,6 +290,17 @@ class Client:
     def list_events(self, run_id: int, after_id: int = 0, level: str | None = None, limit: int = 100) -> EventList:
         params = {"after_id": after_id, "level": level, "limit": limit}
         return EventList.model_validate(self._call("GET", f"/runs/{run_id}/events", params=params))
+
+    # ---- sample prompts --------------------------------------------------------------------------
+    def post_samples(self, run_id: int, cycle: int, samples: list[Mapping[str, Any] | Any]) -> int:
+        """An evaluation's sample prompts (PromptSample bodies or mappings); returns the prompts stored."""
+        items = [s.model_dump(mode="json") if hasattr(s, "model_dump") else dict(s) for s in samples]
+        body = self._call("POST", f"/runs/{run_id}/samples", json={"cycle": cycle, "samples": items},
+                          idempotent=True)  # an upsert: sending it twice stores the same rows
+        return SamplesWritten.model_validate(body).samples
+
+    def get_samples(self, run_id: int, cycle: int | None = None) -> SamplesPublic:
+        return SamplesPublic.model_validate(self._call("GET", f"/runs/{run_id}/samples", params={"cycle": cycle}))
 
     # ---- worker reports --------------------------------------------------------------------------
     def report_status(self, run_id: int, status: str, message: str | None = None, *,

@@ -380,6 +380,89 @@ class EventList(BaseModel):
     total: int
 
 
+# ---- sample prompts: what the eval unit shows of each domain (the dashboard's Samples section)
+
+MAX_SAMPLES = 64          # prompts per POST (a run's domains × the few each eval keeps)
+MAX_SAMPLE_IMAGES = 16    # images per prompt (a video: its frames)
+MAX_THUMB_PX = 96         # a thumbnail's longest side, pixels
+MAX_THUMB_CHARS = 65_536  # base64 characters of one thumbnail (a 96 × 96 RGBA PNG stored raw is ~49,000)
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    r"""(width, height) from a PNG's IHDR chunk; ValueError when the bytes are not a PNG.
+
+    >>> png_size(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + (96).to_bytes(4, "big") + (40).to_bytes(4, "big"))
+    (96, 40)
+    """
+    if len(data) < 24 or data[:8] != _PNG_MAGIC or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG image")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _check_thumbnail(value: str) -> str:
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64 of a PNG image") from None
+    w, h = png_size(raw)
+    if max(w, h) > MAX_THUMB_PX or min(w, h) < 1:
+        raise ValueError(f"a thumbnail is at most {MAX_THUMB_PX} px a side; this one is {w} x {h}")
+    return value
+
+
+Thumbnail = Annotated[str, Field(max_length=MAX_THUMB_CHARS,
+                                 description=f"A PNG of at most {MAX_THUMB_PX} px a side, base64 (standard "
+                                             "alphabet, padded)."),
+                      AfterValidator(_check_thumbnail)]
+
+
+class SampleAnswer(_In):
+    """One policy's greedy answer to a sample prompt at an evaluation."""
+
+    model: ExpertRef = Field(description="The expert (or `merged`, `mixed`, `student`) that answered.")
+    answer: str = Field(max_length=4_000, description="The completion, as the verifier saw it.")
+    score: FiniteFloat = Field(ge=0.0, le=1.0, description="The verifier's score (1 right, 0 wrong).")
+    correct: bool = Field(description="score == 1.")
+
+
+class PromptSample(_In):
+    """A held-out prompt of a domain (the same few every cycle), its reference answer, its images as
+    thumbnails, and the answers of the policies evaluated on it."""
+
+    domain: Name = Field(description="The domain, by the name of the expert that owns it (as in `acc/<domain>`).")
+    index: int = Field(ge=0, le=MAX_ID, description="Its position in the domain's held-out prompts.")
+    prompt: str = Field(max_length=20_000)
+    reference: str = Field(max_length=4_000, description="The reference answer.")
+    images: list[Thumbnail] = Field(default_factory=list, max_length=MAX_SAMPLE_IMAGES,
+                                    description="The prompt's images (a video: its frames, in order); "
+                                                "empty for a text prompt.")
+    answers: list[SampleAnswer] = Field(default_factory=list, max_length=MAX_SAMPLES)
+
+
+class SamplesReport(_In):
+    """POST /runs/{id}/samples: an evaluation's sample prompts. A (domain, index) already stored for the
+    cycle is updated: its answers are merged by model (the merge unit adds `merged` to the last cycle's)."""
+
+    cycle: Cycle
+    samples: list[PromptSample] = Field(min_length=1, max_length=MAX_SAMPLES)
+
+
+class SamplesWritten(BaseModel):
+    samples: int = Field(description="Prompts stored or updated.")
+
+
+class SamplesPublic(BaseModel):
+    """GET /runs/{id}/samples: one cycle's sample prompts (default: the latest cycle that has any)."""
+
+    cycle: int | None = Field(description="The cycle shown; null when the run has no samples yet.")
+    cycles: list[int] = Field(description="Every cycle with samples, ascending.")
+    samples: list[PromptSample] = Field(description="By domain (in the order first reported), then index.")
+
+
 # ---- tokens
 
 

@@ -20,7 +20,8 @@ from server.errors import install as install_error_handlers
 from server.guard import BodyLimit, router
 from server.integrations import Integrations
 from server.reaper import reaper_loop
-from server.routes import checkpoints, events, health, knobs, lifecycle, markers, metrics, runs, tokens, vocab, worker
+from server.routes import (checkpoints, events, health, knobs, lifecycle, markers, metrics, runs, samples, tokens,
+                           vocab, worker)
 
 log = logging.getLogger("copd.server")
 MAX_BODY = 8 * 2**20  # bytes, any route (the outer bound; routes cap lower: server.guard, 1 MiB unless they say)
@@ -81,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY)
     app.include_router(health.api)
     v1 = router(prefix="/api/v1")
-    for module in (runs, lifecycle, knobs, metrics, checkpoints, markers, events, worker, tokens, vocab):
+    for module in (runs, lifecycle, knobs, metrics, checkpoints, markers, events, samples, worker, tokens, vocab):
         v1.include_router(module.api)
     app.include_router(v1)
     return app

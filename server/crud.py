@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from server import rules
 from server.errors import Conflict, Invalid, NotFound, invalid_from, one_line
-from server.models import Checkpoint, Event, Expert, Heartbeat, KnobVersion, Metric, Run, Token, UnitMarker, utcnow
-from server.schemas import CheckpointCreate, MetricPointIn, MetricPointOut, ProgressReport, Series
+from server.models import (Checkpoint, Event, Expert, Heartbeat, KnobVersion, Metric, Run, SamplePrompt, Token,
+                           UnitMarker, utcnow)
+from server.schemas import CheckpointCreate, MetricPointIn, MetricPointOut, ProgressReport, PromptSample, Series
 from contract.spec import RunSpec, data_path_errors, knobs_from_spec, validate_knob_changes
 from contract.vocab import COMPLETED, DRAFT, RESERVED_EXPERT_NAMES, RUNNING
 
@@ -575,3 +576,55 @@ def take_lease(session: Session, *, run_id: int, unit: str, worker: str, ttl_s: 
         hb = session.scalars(select(Heartbeat).where(Heartbeat.run_id == run_id, Heartbeat.unit == unit)).one()
         return hb, hb.worker == worker
     return hb, True
+
+
+# ---- sample prompts
+
+
+def put_samples(session: Session, *, run_id: int, cycle: int, samples: Sequence[PromptSample]) -> int:
+    """Store an evaluation's sample prompts; a (domain, index) the cycle has already is updated, its answers
+    merged by model (the last write of a model wins). All or nothing; returns the prompts written."""
+    get_run(session, run_id=run_id)
+    for attempt in range(3):
+        try:
+            _put_samples(session, run_id, cycle, samples)
+            session.commit()
+            return len(samples)
+        except IntegrityError:  # the same prompt inserted concurrently: read it back and merge into it
+            session.rollback()
+            if attempt == 2:
+                raise Conflict(f"samples: cycle {cycle}'s samples are being written concurrently; retry") from None
+    return 0  # unreachable
+
+
+def _put_samples(session: Session, run_id: int, cycle: int, samples: Sequence[PromptSample]) -> None:
+    rows = {(r.domain, r.position): r for r in session.scalars(
+        select(SamplePrompt).where(SamplePrompt.run_id == run_id, SamplePrompt.cycle == cycle))}
+    for s in samples:
+        answers = {a.model: {"answer": a.answer, "score": a.score, "correct": a.correct} for a in s.answers}
+        row = rows.get((s.domain, s.index))
+        if row is None:
+            row = SamplePrompt(run_id=run_id, cycle=cycle, domain=s.domain, position=s.index, prompt=s.prompt,
+                               reference=s.reference, images=list(s.images), answers=answers)
+            session.add(row)
+            rows[(s.domain, s.index)] = row
+        else:
+            row.prompt, row.reference, row.images = s.prompt, s.reference, list(s.images)
+            row.answers = {**row.answers, **answers}  # a new dict: the JSON column sees the change
+    session.flush()
+
+
+def read_samples(session: Session, *, run_id: int, cycle: int | None) -> tuple[int | None, list[int], list[SamplePrompt]]:
+    """(the cycle shown, every cycle with samples, its prompts by domain then index); `cycle` None: the latest."""
+    get_run(session, run_id=run_id)
+    cycles = list(session.scalars(select(SamplePrompt.cycle).where(SamplePrompt.run_id == run_id)
+                                  .distinct().order_by(SamplePrompt.cycle)))
+    shown = cycles[-1] if cycle is None and cycles else cycle
+    if shown is None:
+        return None, cycles, []
+    rows = list(session.scalars(select(SamplePrompt).where(SamplePrompt.run_id == run_id, SamplePrompt.cycle == shown)
+                                .order_by(SamplePrompt.id)))
+    first = {}
+    for r in rows:  # domains in the order first reported
+        first.setdefault(r.domain, len(first))
+    return shown, cycles, sorted(rows, key=lambda r: (first[r.domain], r.position))

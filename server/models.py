@@ -180,6 +180,25 @@ class UnitMarker(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class SamplePrompt(Base):
+    """A held-out prompt of a domain at one cycle's evaluation: its text, reference, thumbnails and the
+    answers of the policies evaluated on it (`{model: {answer, score, correct}}`)."""
+
+    __tablename__ = "samples"
+    __table_args__ = (UniqueConstraint("run_id", "cycle", "domain", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    cycle: Mapped[int] = mapped_column(Integer)
+    domain: Mapped[str] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer)  # the prompt's index in the domain's held-out prompts
+    prompt: Mapped[str] = mapped_column(Text)
+    reference: Mapped[str] = mapped_column(Text)
+    images: Mapped[list[str]] = mapped_column(JsonType)  # base64 PNG thumbnails, in order
+    answers: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Event(Base):
     """A line of a run's log: lifecycle changes, worker logs, errors."""
 

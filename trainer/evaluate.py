@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -13,12 +13,28 @@ from trainer import rollout
 from trainer.rollout import HFEngine, forward_logits, token_topk
 
 
-def accuracy(engine: HFEngine, domain: Domain, n_prompts: int, max_new_tokens: int) -> tuple[float, float]:
-    """(greedy accuracy, mean response length in tokens) on the first n held-out prompts."""
+class GreedyEval(NamedTuple):
+    """A policy's greedy answers to the first n held-out prompts of a domain."""
+
+    accuracy: float          # mean verifier score
+    length: float            # mean response length, tokens
+    texts: list[str]         # [n] the completions
+    scores: list[float]      # [n] their verifier scores
+
+
+def greedy_eval(engine: HFEngine, domain: Domain, n_prompts: int, max_new_tokens: int) -> GreedyEval:
+    """Greedy answers, scores, accuracy and mean length on the first n held-out prompts (one batched rollout)."""
     samples = list(domain.eval[:n_prompts])
     roll = engine.sample([s.model_input for s in samples], 1, temperature=1.0, max_new_tokens=max_new_tokens, greedy=True)
-    acc = sum(domain.score(t, s) for t, s in zip(roll.texts, samples)) / len(samples)
-    return acc, float(roll.tokens.completion_mask.sum(1).float().mean())
+    scores = [domain.score(t, s) for t, s in zip(roll.texts, samples)]
+    return GreedyEval(sum(scores) / len(samples), float(roll.tokens.completion_mask.sum(1).float().mean()),
+                      list(roll.texts), scores)
+
+
+def accuracy(engine: HFEngine, domain: Domain, n_prompts: int, max_new_tokens: int) -> tuple[float, float]:
+    """(greedy accuracy, mean response length in tokens) on the first n held-out prompts."""
+    result = greedy_eval(engine, domain, n_prompts, max_new_tokens)
+    return result.accuracy, result.length
 
 
 @torch.no_grad()

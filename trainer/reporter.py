@@ -9,8 +9,9 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
+from contract.schemas import PromptSample
 from contract.spec import Knobs, merge_knobs
 from trainer.checkpoint import CheckpointInfo
 
@@ -23,6 +24,12 @@ class Reporter(Protocol):
 
     def checkpoint(self, info: CheckpointInfo) -> None:
         """A checkpoint was written."""
+
+    def samples(self, cycle: int, samples: Sequence[PromptSample]) -> None:
+        """An evaluation's sample prompts with each policy's answer (the dashboard's Samples section).
+        Optional: the units call it through `trainer.samples.report_samples`, which skips a reporter
+        without it; subclasses of `Reporter` get this no-op."""
+        return None
 
     def event(self, message: str, *, level: str = "info", expert: str | None = None) -> None:
         """A human-readable happening: phase changes, warnings, errors."""
@@ -42,7 +49,8 @@ class Reporter(Protocol):
 
 
 class JsonlReporter:
-    """Writes DIR/metrics.jsonl and DIR/events.jsonl; knobs come from the spec, or DIR/knobs.json when present.
+    """Writes DIR/metrics.jsonl, DIR/events.jsonl and DIR/samples.jsonl; knobs come from the spec, or
+    DIR/knobs.json when present.
 
     Editing DIR/knobs.json (`{"beta": 0.5}`) while `copd train` runs changes the knobs at the next step
     boundary: a file-based stand-in for the API's knob PATCH. The file holds changes from the spec's knobs,
@@ -71,6 +79,12 @@ class JsonlReporter:
             self.sink.metrics(expert, cycle, step, values)
         if self.display is not None:
             self.display.metrics(expert, cycle, step, values)
+
+    def samples(self, cycle: int, samples: Sequence[PromptSample]) -> None:
+        """One line per prompt: {cycle, domain, index, prompt, reference, images (base64 PNG), answers}."""
+        with open(self.out_dir / "samples.jsonl", "a", encoding="utf-8") as f:
+            for s in samples:
+                f.write(json.dumps({"cycle": cycle, **s.model_dump(mode="json")}) + "\n")
 
     def checkpoint(self, info: CheckpointInfo) -> None:
         self.event(f"checkpoint {info.uri} ({info.bytes / 1e6:.1f} MB)", expert=info.expert)

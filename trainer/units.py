@@ -20,11 +20,12 @@ from trainer.baselines import run_single_unit, single_eval_folders
 from trainer.checkpoint import CheckpointInfo, read_state, save_checkpoint
 from trainer.distributed import launch
 from trainer.engines import place, student_device
-from trainer.evaluate import accuracy, mean_overlap, overlap_row
+from trainer.evaluate import GreedyEval, greedy_eval, mean_overlap, overlap_row
 from trainer.lockstep import run_lockstep_unit
 from trainer.merge import merge_folders
 from trainer.reporter import Reporter
 from trainer.rollout import HFEngine
+from trainer.samples import SampleSheet, report_samples
 from trainer.steps import (  # noqa: F401  (Cancelled, RunContext, …: their old import path is this module)
     Cancelled,
     RunContext,
@@ -88,20 +89,23 @@ def run_eval_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> dict[str, 
                or {e: layout.end_of_cycle(e, unit.cycle) for e in spec.expert_names})
     engines = {e: ctx.scorer(f, student_device()) for e, f in folders.items()}
     results: dict[str, dict[str, float]] = {}
-    base_row: dict[str, float] | None = None
+    base: dict[str, GreedyEval] | None = None
+    sheet = SampleSheet(ctx.domains, spec.eval.prompts)
     for e, engine in engines.items():
         step = int(read_state(folders[e]).get("step", 0)) if unit.cycle else 0
-        if unit.cycle == 0 and base_row is not None:
-            row = dict(base_row)  # every expert is the base model before training
+        if unit.cycle == 0 and base is not None:
+            evals = base  # every expert is the base model before training
         else:
-            row = {}
-            for owner, dom in ctx.domains.items():
-                acc, length = accuracy(engine, dom, spec.eval.prompts, spec.grpo.max_new_tokens)
-                row[M.ACC.key_for(owner)] = acc
-                row[M.EVAL_LEN.key_for(owner)] = length
-            base_row = row
+            evals = {owner: greedy_eval(engine, dom, spec.eval.prompts, spec.grpo.max_new_tokens)
+                     for owner, dom in ctx.domains.items()}
+            base = evals
+        row = {}
+        for owner, ev in evals.items():
+            row[M.ACC.key_for(owner)], row[M.EVAL_LEN.key_for(owner)] = ev.accuracy, ev.length
+            sheet.add(e, owner, ev.texts, ev.scores)
         results[e] = row
         reporter.metrics(e, unit.cycle, step, row)
+    report_samples(reporter, unit.cycle, sheet)
     if unit.cycle > 0 and len(engines) > 1:
         results = report_overlap(ctx, unit, reporter, engines, folders, results)
         phase_one = {e: layout.checkpoint(e, unit.cycle, "rl") for e in spec.expert_names}
@@ -157,8 +161,10 @@ def run_merge_unit(ctx: RunContext, unit: Unit, reporter: Reporter) -> Checkpoin
         sources, weights = spec.expert_names, merge_weights(spec)
         sha, size = merge_checkpoints(ctx, folders, layout.final, spec.merge, step)
         model, tok = ctx.load(layout.final, cache=False)
-    row = evaluate_merged(ctx, model, tok)
+    sheet = SampleSheet(ctx.domains, spec.eval.prompts)
+    row = evaluate_merged(ctx, model, tok, sheet)
     reporter.metrics(MERGED, spec.schedule.cycles, step, row)
+    report_samples(reporter, spec.schedule.cycles, sheet)  # beside the experts' answers of the last eval
     info = CheckpointInfo(MERGED, spec.schedule.cycles, step, str(layout.final), sha, size, final=True)
     reporter.checkpoint(info)
     reporter.event(f"merged model ({'one policy' if single else spec.merge.method}): "
@@ -182,14 +188,17 @@ def merge_checkpoints(ctx: RunContext, folders, out, merge, step: int) -> tuple[
     return merge_folders(folders, out, weights, merge, base=ctx.layout.base, seed=spec.seed, state=state)
 
 
-def evaluate_merged(ctx: RunContext, model, tok) -> dict[str, float]:
-    """acc/<domain>, eval_len/<domain> and acc_mean of a merged model (the run's merge and `copd merge`)."""
+def evaluate_merged(ctx: RunContext, model, tok, sheet: SampleSheet | None = None) -> dict[str, float]:
+    """acc/<domain>, eval_len/<domain> and acc_mean of a merged model (the run's merge and `copd merge`);
+    its answers to the sample prompts go on `sheet` when one is given."""
     spec = ctx.spec
     engine = HFEngine(place(model, spec.compute, student_device(), trainable=False), tok)
     row = {}
     for owner, dom in ctx.domains.items():
-        row[M.ACC.key_for(owner)], row[M.EVAL_LEN.key_for(owner)] = accuracy(engine, dom, spec.eval.prompts,
-                                                                             spec.grpo.max_new_tokens)
+        ev = greedy_eval(engine, dom, spec.eval.prompts, spec.grpo.max_new_tokens)
+        row[M.ACC.key_for(owner)], row[M.EVAL_LEN.key_for(owner)] = ev.accuracy, ev.length
+        if sheet is not None:
+            sheet.add(MERGED, owner, ev.texts, ev.scores)
     row[M.ACC_MEAN.key] = sum(row[M.ACC.key_for(d)] for d in ctx.domains) / len(ctx.domains)
     return row
 

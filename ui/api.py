@@ -147,6 +147,11 @@ class Api:
         body = self.client.list_checkpoints(run_id, limit=limit)
         return [c.model_dump(mode="json") for c in body.items], body.total
 
+    def samples(self, run_id: int, *, cycle: int | None = None) -> dict[str, Any]:
+        """One cycle's sample prompts (default: the latest with any): {cycle, cycles, samples: [{domain, index,
+        prompt, reference, images (base64 PNG), answers: [{model, answer, score, correct}]}]}."""
+        return self.client.get_samples(run_id, cycle=cycle).model_dump(mode="json")
+
     def events(self, run_id: int, *, after_id: int = 0, limit: int = 500) -> tuple[list[dict], int]:
         """Events after `after_id`, oldest first, and how many match in all."""
         body = self.client.list_events(run_id, after_id=after_id, limit=limit)

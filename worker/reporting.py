@@ -6,15 +6,17 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from contract.client import ApiError, Client
 from contract.plan import Unit
+from contract.schemas import PromptSample
 from contract.spec import Knobs
 from contract.vocab import RUNNING, TERMINAL
 from trainer.checkpoint import CheckpointInfo
 
 log = logging.getLogger("copd.worker")
+SAMPLES_PER_POST = 16
 
 
 def api_cycle(unit: Unit, cycles: int) -> int:
@@ -103,6 +105,17 @@ class RestReporter:
                                            uri=info.uri, sha256=info.sha256, bytes=info.bytes, final=info.final,
                                            optimizer=optimizer)
         self.checkpoints.append(rec.id)
+
+    def samples(self, cycle: int, samples: Sequence[PromptSample]) -> None:
+        """POST them, 16 prompts a request (well under the route's 64 prompts and 4 MiB)."""
+        items = list(samples)
+        for i in range(0, len(items), SAMPLES_PER_POST):
+            try:
+                self.api.post_samples(self.run_id, min(cycle, self.cycles), items[i:i + SAMPLES_PER_POST])
+            except ApiError as err:
+                if err.status not in (413, 422):  # what the dashboard shows must never fail the unit
+                    raise
+                self.event(f"{self.unit.id}: sample prompts not recorded: {err.message}", level="warning")
 
     def event(self, message: str, *, level: str = "info", expert: str | None = None) -> None:
         self.api.post_event(self.run_id, message[:10_000], level=level, expert=expert)

@@ -33,7 +33,7 @@ SPEC: dict[str, Any] = {
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 # Children first; lineage columns cleared first since runs ⇄ checkpoints reference each other.
 _TRUNCATE = ["UPDATE runs SET parent_run_id = NULL, parent_checkpoint_id = NULL", "DELETE FROM heartbeats",
-             "DELETE FROM unit_markers",
+             "DELETE FROM unit_markers", "DELETE FROM samples",
              "DELETE FROM events", "DELETE FROM checkpoints", "DELETE FROM metrics", "DELETE FROM knob_versions",
              "DELETE FROM experts", "DELETE FROM runs", "DELETE FROM tokens WHERE name <> 'admin'"]
 

@@ -62,6 +62,28 @@ def test_one_cycle_two_experts(tmp_path, model_cache):
     merged = load_file(out / "final/model.safetensors")
     k = next(k for k in merged if merged[k].is_floating_point())
     assert torch.allclose(merged[k], (video[k] + image[k]) / 2, atol=1e-6)
+    check_samples(out, {"image": load_domain("builtin:grid", 0), "video": load_domain("builtin:frames", 0)},
+                  experts=("image", "video"), cycles=1)
+
+
+def check_samples(out: Path, domains: dict, experts: tuple[str, ...], cycles: int) -> dict:
+    """samples.jsonl: each domain's first 4 held-out prompts at every eval, every expert's answer scored by the
+    domain's verifier, and the merged model's beside the last eval's; returns {(domain, index): images}."""
+    lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    seen: dict[tuple[int, str, int], dict] = {}
+    for r in lines:
+        key = (r["cycle"], r["domain"], r["index"])
+        sample = domains[r["domain"]].eval[r["index"]]
+        assert r["prompt"] == sample.prompt and r["reference"] == sample.answer
+        for a in r["answers"]:
+            assert a["score"] == domains[r["domain"]].score(a["answer"], sample)
+            assert a["correct"] == (a["score"] == 1.0)
+            seen.setdefault(key, {})[a["model"]] = a
+    expected = {(c, d, i) for c in range(cycles + 1) for d in domains for i in range(4)}
+    assert set(seen) == expected  # the same prompts every cycle
+    for (c, d, i), answers in seen.items():
+        assert set(answers) == set(experts) | ({"merged"} if c == cycles else set())
+    return {(r["domain"], r["index"]): r["images"] for r in lines}
 
 
 def test_cross_batch_scores_with_the_teacher(tmp_path, model_cache):

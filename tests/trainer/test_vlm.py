@@ -1,6 +1,7 @@
 """Vision-language experts on a tiny Qwen2-VL: sampler and trainer agree with images, records with images,
 a 1-cycle text + image + video run with OPD across modalities, and the merged model answers an image prompt."""
 
+import base64
 import importlib.util
 import io
 import json
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 from dataclasses import replace
 
+from tests.trainer.test_train_smoke import check_samples
 from contract.spec import GrpoSpec, JsonlDomain, OpdSpec, SpecError, TinyModelSpec, parse_spec
 from trainer.algos import merge_state_dicts
 from trainer.checkpoint import save_checkpoint
@@ -235,6 +237,16 @@ def test_one_cycle_text_image_video_with_opd_across_modalities_and_merged_reload
         assert torch.allclose(final[k], sum(x[k] for x in experts) / 3, atol=1e-6)
     assert any(not torch.equal(experts[0][k], experts[1][k]) for k in vision)
     _answers_an_image_prompt(out / "final", load_domain("builtin:shapes", 0).eval[0])
+    # the dashboard's samples: the images as PNG thumbnails of at most 96 px, a video's frames in order
+    doms = {"text": load_domain("builtin:arith", 0), "image": load_domain("builtin:shapes", 0),
+            "video": load_domain("builtin:motion", 0)}
+    images = check_samples(out, doms, experts=("text", "image", "video"), cycles=1)
+    for (d, i), thumbs in images.items():
+        assert len(thumbs) == len(doms[d].eval[i].images) and (d == "text") == (not thumbs)
+        for t, src in zip(thumbs, doms[d].eval[i].images):
+            im, full = Image.open(io.BytesIO(base64.b64decode(t))), Image.open(io.BytesIO(src))
+            assert im.format == "PNG" and max(im.size) <= 96
+            assert im.size == full.size if max(full.size) <= 96 else max(im.size) == 96  # 84x28 frames kept as is
 
 
 def _answers_an_image_prompt(folder: Path, sample) -> None:

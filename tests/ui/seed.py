@@ -10,6 +10,8 @@ after-Phase-I twins `overlap_rl/mean`, `overlap_top1_rl/mean` per cycle (step = 
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import random
 from dataclasses import dataclass, field
@@ -77,6 +79,9 @@ class Seeder:
             "sha256": f"{run_id:08x}{cycle:08x}{step:08x}".ljust(64, "a"), "bytes": 3_400_000 + 1000 * step,
             "metrics": metrics, "final": final}))
 
+    def samples(self, run_id: int, cycle: int, samples: list[dict[str, Any]]) -> None:
+        self.ok(self.http.post(f"/runs/{run_id}/samples", json={"cycle": cycle, "samples": samples}))
+
     def event(self, run_id: int, message: str, level: str = "info", expert: str | None = None) -> None:
         self.ok(self.http.post(f"/runs/{run_id}/events", json={"level": level, "message": message, "expert": expert}))
 
@@ -138,6 +143,31 @@ def training_metrics(cycles_done: int, rl_steps: int, opd_steps: int, extra_step
     return pts
 
 
+def thumbnail(colour: str, size: tuple[int, int] = (56, 56)) -> str:
+    """A base64 PNG of one colour."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def sample_prompts(experts: list[str], cycle: int) -> list[dict[str, Any]]:
+    """Two prompts per domain, as the eval unit reports them: the text domain without images, `image` with
+    one, `video` with three frames; every expert answers, and from cycle 2 on the image expert gets its
+    second prompt right."""
+    images = {"text": [], "image": [thumbnail("red")], "video": [thumbnail(c, (84, 28)) for c in ("red", "green", "blue")]}
+    out = []
+    for d in experts:
+        for i in range(2):
+            right = d == "image" and i == 1 and cycle >= 2
+            answers = [{"model": e, "answer": "3" if right and e == "image" else "7", "score": float(right and e == "image"),
+                        "correct": right and e == "image"} for e in experts]
+            out.append({"domain": d, "index": i, "prompt": f"{d} prompt {i}?", "reference": "3",
+                        "images": images[d], "answers": answers})
+    return out
+
+
 def seed_all(http: httpx.Client, big_points: int = 100_000) -> dict[str, int]:
     """Every run the UI tests use; returns name → id."""
     s = Seeder(http)
@@ -156,6 +186,8 @@ def seed_all(http: httpx.Client, big_points: int = 100_000) -> dict[str, int]:
     s.event(live, "worker gpu-0 took c3/rl/text", expert="text")
     s.event(live, "rollout slow: 812 tokens/s", level="warning", expert="video")
     s.event(live, "c2/eval done: mean acc 0.41")
+    for cycle in range(4):
+        s.samples(live, cycle, sample_prompts(names, cycle))
 
     # Finished runs to compare: CoPD, independent experts merged, independent experts alone.
     for name, strategy, strength in (("copd-done", "copd", 1.0), ("indep-merge-done", "independent_merge", 0.3)):

@@ -280,3 +280,31 @@ def test_api_down_is_a_readable_message(ui_env: ApiProcess, dead_url: str, monke
     at = open_page("run", run="1")
     no_traceback(at)
     assert f"API not reachable at {dead_url}" in shown(at, "error")
+
+
+def test_samples_show_thumbnails_references_and_each_experts_answer(ui_env: ApiProcess) -> None:
+    run_id = ui_env.ids["copd-live"]
+    at = open_page("run", run=str(run_id))
+    no_traceback(at)
+    assert "Samples" in [h.value for h in at.header]
+    assert at.selectbox(key=f"samples_cycle_{run_id}").value is None  # follows the latest cycle
+    assert "Cycle 3's evaluation" in shown(at, "caption")
+    assert [t.label for t in at.tabs][-3:] == ["text", "image", "video"]
+    imgs = at.get("image")
+    # image: 2 prompts × 1 thumbnail; video: 2 prompts × 3 frames; text: none
+    assert sorted(len(e.proto.imgs) for e in imgs) == [1, 1, 3, 3]
+    assert [i.caption for i in max(imgs, key=lambda e: len(e.proto.imgs)).proto.imgs] == ["frame 1", "frame 2", "frame 3"]
+    text = shown(at, "markdown")
+    assert "`image prompt 1?` → reference `3`" in text and "`text prompt 0?` → reference `3`" in text
+    assert ":green[**✓ right**] · **image**: `3`" in text and ":red[**✗ wrong**] · **text**: `7`" in text
+    # an earlier cycle: the image expert had not learnt its second prompt yet
+    at.selectbox(key=f"samples_cycle_{run_id}").set_value(1).run()
+    no_traceback(at)
+    assert "Cycle 1's evaluation" in shown(at, "caption")
+    assert "✓ right" not in shown(at, "markdown")
+
+
+def test_samples_section_of_a_run_without_samples(ui_env: ApiProcess) -> None:
+    at = open_page("run", run=str(ui_env.ids["copd-done"]))
+    no_traceback(at)
+    assert "No sample prompts yet" in shown(at, "info")

@@ -36,6 +36,13 @@ def test_run_end_to_end_on_redis(make_stack, redis_url):
         stack.wait_status(api, run.id, {"completed"}, 240)
         points = check_completed_run(api, run.id, spec, stack.data_dir / "runs" / str(run.id))
         check_knob_applied_after_patch(api, run.id, spec, points, t_patch, knobs.version, 0.5)
+        # every eval posted each domain's first 4 held-out prompts; the merge added its answers to the last
+        samples = api.get_samples(run.id)
+        assert samples.cycle == 2 and samples.cycles == [0, 1, 2]
+        assert [(s.domain, s.index) for s in samples.samples] == [(d, i) for d in ("text", "image", "video")
+                                                                  for i in range(4)]
+        assert all({a.model for a in s.answers} == {"text", "image", "video", "merged"} for s in samples.samples)
+        assert {a.model for s in api.get_samples(run.id, cycle=1).samples for a in s.answers} == {"text", "image", "video"}
 
         # a fork from the experts' end of cycle 1 evaluates cycle 1 and trains cycle 2 only
         start = next(c for c in api.list_checkpoints(run.id, expert="text").items if Path(c.uri).name == "c1-opd")

@@ -166,3 +166,37 @@ def test_every_spec_field_reaches_the_worker():
         experts=[SimpleNamespace(name=e.name, domain=e.domain, status="pending", unit=None) for e in spec.experts])
     assert spec_of(run_public(row)) == spec
     assert set(RunSpec.model_fields) <= set(run_public(row).model_dump())
+
+
+def test_rest_reporter_posts_samples_in_chunks_and_never_fails_the_unit_for_them():
+    from contract.client import ApiError
+    from contract.plan import Unit
+    from contract.schemas import PromptSample
+    from worker.reporting import SAMPLES_PER_POST, RestReporter
+
+    class Api:
+        def __init__(self, fail: int | None = None):
+            self.posts, self.events, self.fail = [], [], fail
+
+        def post_samples(self, run_id, cycle, items):
+            if self.fail:
+                raise ApiError(self.fail, "samples.0.images.0: not a PNG image")
+            self.posts.append((run_id, cycle, len(items)))
+
+        def post_event(self, run_id, message, level="info", expert=None):
+            self.events.append((level, message))
+
+    items = [PromptSample(domain="text", index=i, prompt="1+1=", reference="2") for i in range(SAMPLES_PER_POST + 3)]
+
+    def reporter(api):
+        return RestReporter(api, 7, Unit(cycle=3, kind="eval"), cycles=2, applied=set(), progress_span=(0, 1),
+                            stop_check_s=1, step_delay_s=0, shutting_down=lambda: False)
+
+    ok = Api()
+    reporter(ok).samples(3, items)
+    assert ok.posts == [(7, 2, SAMPLES_PER_POST), (7, 2, 3)]  # the API's cycle: at most the run's last
+    refused = Api(fail=422)
+    reporter(refused).samples(1, items)
+    assert refused.events and refused.events[0][0] == "warning" and "not a PNG" in refused.events[0][1]
+    with pytest.raises(ApiError):
+        reporter(Api(fail=503)).samples(1, items)

@@ -1,4 +1,5 @@
-"""Run: lifecycle and progress, the experts' co-evolution, OPD mixing, checkpoints (fork) and the event log.
+"""Run: lifecycle and progress, the experts' co-evolution, sample prompts and answers, OPD mixing, checkpoints
+(fork) and the event log.
 
 Opened as `/run?run=<id>`. Each live part is its own fragment, refreshed on its own timer.
 """
@@ -19,6 +20,7 @@ from ui.api import Api, ApiError
 from ui.common import (ACTIVE, CHARTS_S, LIVE_S, client, compact, flash, fmt_bytes, fmt_duration,
                        fmt_time, run_id_param, run_label, show_error, show_flashes, status_badge)
 from ui.mixing import knob_editor, knob_status
+from ui.samples import samples_view
 
 STEP_POINTS = 800  # per expert series: the API min/max-downsamples longer ones, so 100k-step runs stay fast
 EVAL_POINTS = 5000  # evaluations are one point per cycle; this only guards against absurd runs
@@ -288,6 +290,8 @@ def main() -> None:
     status_panel(run_id, run["status"])
     st.header("Co-evolution", divider="gray")
     coevolution(run_id, experts)
+    st.header("Samples", divider="gray")
+    samples_view(run_id, experts)
     st.header("OPD mixing", divider="gray")
     left, right = st.columns(2, gap="large")
     with left:
