@@ -24,6 +24,7 @@ from trainer.ckptfiles import (  # noqa: F401
     drop_optimizer,
     has_optimizer,
     manifest_sha,
+    replace_folder,
     sha256_file,
     verify_checkpoint,
 )
@@ -76,14 +77,7 @@ def write_checkpoint(folder: Path, fill: Callable[[Path], None], state: dict[str
         if (full := disk_full_error(err, folder)) is not None and full is not err:
             raise full from err
         raise
-    if folder.exists():  # a unit that runs again replaces its own output
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(folder)
-    _fsync_dir(folder.parent)
+    replace_folder(tmp, folder)  # a unit that runs again replaces its own output
     total = sum(f["bytes"] for f in files.values()) + len(manifest)
     return hashlib.sha256(manifest.encode()).hexdigest(), total
 

@@ -95,6 +95,19 @@ def has_optimizer(folder: Path) -> bool:
         return False
 
 
+def replace_folder(tmp: Path, dst: Path) -> None:
+    """Move the finished folder `tmp` to `dst` in one rename; an existing `dst` (a unit that runs again
+    replaces its own output) is moved aside first and removed after. The parent folder is synced."""
+    if dst.exists() or dst.is_symlink():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(dst)
+    _fsync_dir(dst.parent)
+
+
 def link_tree(src: Path, dst: Path) -> None:
     """Put a copy of checkpoint folder `src` at `dst` atomically: hard links where the file system allows
     (no second copy on disk), else copies; an existing `dst` is replaced."""
@@ -110,14 +123,7 @@ def link_tree(src: Path, dst: Path) -> None:
                     os.link(p, tmp / p.name)
                 except OSError:
                     shutil.copy2(p, tmp / p.name)
-        if dst.exists() or dst.is_symlink():
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            dst.rename(old)
-            tmp.rename(dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dst)
+        replace_folder(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(dst.parent)
