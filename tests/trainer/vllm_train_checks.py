@@ -1,4 +1,5 @@
-"""`copd train` with `rollout: {engine: vllm}`: a CoPD cycle whose students sample with vLLM (in the vLLM venv).
+"""`copd train` with `rollout: {engine: vllm}`: a CoPD cycle whose students sample with vLLM (in the vLLM venv),
+on a text model and on builtin:tiny-vl (an image and a video expert: images as vLLM `multi_modal_data`).
 
 Run in its own process (tests/trainer/test_vllm_engine.py does), apart from vllm_checks.py: every training
 unit starts and closes its own colocated engine, as a worker does.
@@ -17,6 +18,10 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 import pytest  # noqa: E402
 
 pytest.importorskip("vllm")
+
+from tests.trainer import vllm_torchvision_standin  # noqa: E402
+
+vllm_torchvision_standin.install()  # a no-op where torchvision imports; the VLM test needs it otherwise
 
 from trainer.domains import load_domain  # noqa: E402
 from trainer.local import train_local  # noqa: E402
@@ -63,3 +68,30 @@ def test_copd_cycle_with_vllm_rollouts(tmp_path, dtype):
         assert 1e-6 < max(gaps) < 0.05 and any(abs(w - 1) > 1e-6 for w in weights)
     assert (out / "final" / "config.json").exists()
     assert {"acc/text", "acc/video"} <= {r["key"] for r in rows if r["expert"] == "merged"}
+
+
+def test_copd_cycle_of_visual_experts_with_vllm_rollouts(tmp_path):
+    """builtin:tiny-vl (its shipped base): the image and video experts sample with vLLM, the trainer scores
+    with visual_forward; after each step the whole model (vision tower included) is synced in place."""
+    spec = parse_spec({
+        "name": "vllm-vl-cycle", "base_model": "builtin:tiny-vl",
+        "experts": [{"name": "image", "domain": "builtin:shapes"}, {"name": "video", "domain": "builtin:motion"}],
+        "schedule": {"cycles": 1, "rl_steps": 2, "opd_steps": 1},
+        "grpo": {"group_size": 4, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": 4},
+        "opd": {"prompts_per_step": 2, "samples_per_prompt": 2},
+        "eval": {"prompts": 8, "overlap_k": 4, "overlap_prompts": 4},
+        "rollout": {"engine": "vllm"}, "compute": {"dtype": "fp32"},
+    })
+    out = tmp_path / "run"
+    logs: list[str] = []
+    train_local(spec, out, tmp_path / "models", log_fn=logs.append)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    gaps = [r["value"] for r in rows if r["key"] == "rollout/logp_gap"]
+    losses = [r["value"] for r in rows if r["key"] in ("loss/grpo", "loss/opd")]
+    print(f"vLLM rollouts (tiny-vl, image + video): {len(gaps)} steps, sampler/trainer logprob gap max {max(gaps):.2e}")
+    assert any("shipped base" in m for m in logs)
+    assert len(gaps) == 6 and len(losses) == 8 and all(math.isfinite(v) for v in losses)
+    # the weights move every step (lr 1e-3): without the in-place sync (vision tower included) the gap grows
+    assert max(gaps) < 1e-4
+    assert (out / "final" / "config.json").exists() and (out / "final" / "preprocessor_config.json").exists()
+    assert {"acc/image", "acc/video"} <= {r["key"] for r in rows if r["expert"] == "merged"}
