@@ -4,6 +4,7 @@
     python -m bench.gpu_check --engine vllm            # the same with vLLM rollouts (needs the vllm wheel)
     python -m bench.gpu_check --size tiny --dtype fp32 # seconds on a CPU: checks the script itself (CI)
     python -m bench.gpu_check --vl                     # ~2B random Qwen2-VL, an image and a video expert, bf16
+    python -m bench.gpu_check --vl --engine vllm       # the same with vLLM rollouts (images as multi_modal_data)
 
 Builds the model from a config (no download) with a character tokenizer over the two domains, saves it as a
 Hugging Face folder, and runs the real `copd train` path (trainer.local.train_local) on it: Phase I RLVR,
@@ -47,9 +48,9 @@ def spec_for(base: Path, size: str, engine: str, dtype: str) -> dict:
     }
 
 
-def spec_for_vl(base: Path, size: str, dtype: str) -> dict:
-    """The VL check: an image and a video expert (frames as images), HF engine (docs/vlm.md)."""
-    spec = spec_for(base, "tiny" if size == "tiny" else "0.5b", "hf", dtype)
+def spec_for_vl(base: Path, size: str, engine: str, dtype: str) -> dict:
+    """The VL check: an image and a video expert (frames as images, docs/vlm.md)."""
+    spec = spec_for(base, "tiny" if size == "tiny" else "0.5b", engine, dtype)
     spec["name"] = f"gpu-check-vl-{size}"
     spec["experts"] = [{"name": n, "domain": d} for n, d in VL_DOMAINS.items()]
     return spec
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         n = build_base_vl(base, args.size, args.dtype) if args.vl else build_base(base, args.size)
         print(f"built a random {'Qwen2-VL' if args.vl else 'Qwen2'}: {n / 1e9:.3f}B parameters in "
               f"{time.perf_counter() - t0:.1f}s", flush=True)
-        spec = parse_spec(spec_for_vl(base, args.size, args.dtype) if args.vl
+        spec = parse_spec(spec_for_vl(base, args.size, args.engine, args.dtype) if args.vl
                           else spec_for(base, args.size, args.engine, args.dtype))
         t0 = time.perf_counter()
         train_local(spec, root / "run", root / "models", log_fn=lambda m: print(m, flush=True))

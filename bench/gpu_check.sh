@@ -4,6 +4,7 @@
 #   bench/gpu_check.sh                   # the check
 #   bench/gpu_check.sh --engine vllm     # the same with vLLM rollouts (pip install vllm first: docs/vllm.md)
 #   bench/gpu_check.sh --vl              # a ~2B random Qwen2-VL: an image and a video expert (docs/vlm.md)
+#   bench/gpu_check.sh --vl --engine vllm   # the same with vLLM rollouts, images as multi_modal_data
 # Extra arguments go to `python -m bench.gpu_check` (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."

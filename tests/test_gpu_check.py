@@ -52,3 +52,12 @@ def test_gpu_check_half_billion_vllm():
     pytest.importorskip("vllm", reason="the vllm wheel is not installed here (docs/vllm.md)")
     got = run_check("--engine", "vllm", timeout=480)
     assert got["losses_finite"] and got["logp_gap_mean"] < 0.1  # bf16 engine vs bf16 trainer: small, not zero
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_check_two_billion_vl_vllm():
+    pytest.importorskip("vllm", reason="the vllm wheel is not installed here (docs/vllm.md)")
+    got = run_check("--vl", "--engine", "vllm", timeout=560)
+    assert got["losses_finite"] and got["logp_gap_mean"] < 0.1  # bf16 engine vs bf16 trainer: small, not zero
+    assert set(got["merged_acc"]) == {"acc/image", "acc/video"}

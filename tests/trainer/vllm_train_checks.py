@@ -70,7 +70,8 @@ def test_copd_cycle_with_vllm_rollouts(tmp_path, dtype):
     assert {"acc/text", "acc/video"} <= {r["key"] for r in rows if r["expert"] == "merged"}
 
 
-def test_copd_cycle_of_visual_experts_with_vllm_rollouts(tmp_path):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_copd_cycle_of_visual_experts_with_vllm_rollouts(tmp_path, dtype):
     """builtin:tiny-vl (its shipped base): the image and video experts sample with vLLM, the trainer scores
     with visual_forward; after each step the whole model (vision tower included) is synced in place."""
     spec = parse_spec({
@@ -80,7 +81,7 @@ def test_copd_cycle_of_visual_experts_with_vllm_rollouts(tmp_path):
         "grpo": {"group_size": 4, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": 4},
         "opd": {"prompts_per_step": 2, "samples_per_prompt": 2},
         "eval": {"prompts": 8, "overlap_k": 4, "overlap_prompts": 4},
-        "rollout": {"engine": "vllm"}, "compute": {"dtype": "fp32"},
+        "rollout": {"engine": "vllm"}, "compute": {"dtype": dtype},
     })
     out = tmp_path / "run"
     logs: list[str] = []
@@ -88,10 +89,15 @@ def test_copd_cycle_of_visual_experts_with_vllm_rollouts(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     gaps = [r["value"] for r in rows if r["key"] == "rollout/logp_gap"]
     losses = [r["value"] for r in rows if r["key"] in ("loss/grpo", "loss/opd")]
-    print(f"vLLM rollouts (tiny-vl, image + video): {len(gaps)} steps, sampler/trainer logprob gap max {max(gaps):.2e}")
+    print(f"vLLM rollouts (tiny-vl, image + video, {dtype}): {len(gaps)} steps, sampler/trainer logprob gap max "
+          f"{max(gaps):.2e}")
     assert any("shipped base" in m for m in logs)
     assert len(gaps) == 6 and len(losses) == 8 and all(math.isfinite(v) for v in losses)
-    # the weights move every step (lr 1e-3): without the in-place sync (vision tower included) the gap grows
-    assert max(gaps) < 1e-4
+    if dtype == "fp32":
+        # the weights move every step (lr 1e-3): without the in-place sync (vision tower included) the gap
+        # grows (measured: 0.028-0.035 from the second step on, with sync_weights made a no-op)
+        assert max(gaps) < 1e-4
+    else:  # bf16 kernels differ (vLLM's vs torch's): a real, small gap
+        assert 1e-6 < max(gaps) < 0.05
     assert (out / "final" / "config.json").exists() and (out / "final" / "preprocessor_config.json").exists()
     assert {"acc/image", "acc/video"} <= {r["key"] for r in rows if r["expert"] == "merged"}
