@@ -445,6 +445,11 @@ class TinyModelSpec(_Model):
     warmstart_lr: float = Field(3e-3, gt=0.0, le=1.0)
     target_low: float = Field(0.25, ge=0.0, le=1.0, description="Warm start stops once every domain's sampled accuracy is ≥ this …")
     target_high: float = Field(0.45, ge=0.0, le=1.0, description="… and ≤ this.")
+    warmstart_habit_steps: int = Field(
+        2000, ge=0, le=1_000_000,
+        description="After the band: this many more supervised steps on the domains with a habit (the builtin "
+                    "ones), equally mixed, so the base has their skills and greedy decoding still follows the habit "
+                    "(what RLVR then uncovers); within warmstart_max_steps in all. 0 = stop at the band.")
     seed: int = Field(0, ge=0, le=2**31 - 1,
                       description="Seed of the base model's initialisation and warm start, separate from the run's"
                                   " `seed`: runs of many seeds share one base model.")

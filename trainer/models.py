@@ -27,7 +27,7 @@ from contract.spec import TinyModelSpec
 
 log = logging.getLogger(__name__)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-WARMSTART_VERSION = 4  # bump when the warm-start recipe changes, so cached models are rebuilt
+WARMSTART_VERSION = 5  # bump when the warm-start recipe changes, so cached models are rebuilt
 # Share of a builtin domain's warm-start answers replaced by its habit (Domain.habit, a systematic mistake).
 # Above 1/2, so the base model's greedy answer is mostly the habit while sampling still finds the right one.
 HABIT_SHARE = 0.6
@@ -190,7 +190,8 @@ def sampled_accuracy(engine: HFEngine, domain: Domain, samples: Sequence[Sample]
 def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpec, seed: int,
                on_check: Callable[[int, list[float]], None] | None = None,
                data: Sequence[Sequence[Sample]] | None = None,
-               sft_loss: Callable[[Any, Any, Sequence[Sample]], torch.Tensor] | None = None) -> list[float]:
+               sft_loss: Callable[[Any, Any, Sequence[Sample]], torch.Tensor] | None = None,
+               after: list[float] | None = None) -> list[float]:
     """Supervised pass over the domains' train data until each sits in [target_low, target_high] (sampled
     accuracy on train prompts, probed every CHECK_EVERY steps); returns the last probe's accuracies, which
     are all in the band unless the run stopped at `warmstart_max_steps` (`in_band` tells). `sft_loss`
@@ -199,6 +200,13 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
     A domain whose sampled accuracy passes ~0.35, or that is in the band while another is still below it,
     pauses its batches (and resumes below target_low): the fast learners wait for the slow ones instead of
     racing to 100% (RLVR needs mixed groups), and the batch goes to the laggards.
+
+    Once in the band, `recipe.warmstart_habit_steps` more steps (within `warmstart_max_steps` in all) train
+    the domains with a habit, equally mixed (the others rest: they would race to 100%). In the band a model has only begun to learn a skill, and
+    with a habit its right answers stay near 1 − HABIT_SHARE however well it learns, so the band cannot tell a
+    model that guesses from one that knows: the extra steps make it know (measured: docs/results/demo.md).
+    Returns the band's accuracies (`in_band` judges the band phase); the habit phase's last probe goes to
+    `on_check` and `after`.
     """
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.warmstart_lr, weight_decay=0.0)
@@ -209,9 +217,8 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
     if data is None:
         data = [_warm_data(d, seed, recipe.warmstart_max_steps * recipe.warmstart_batch) for d in domains]
     max_ans = max(len(s.answer) for part in data for s in part[:200]) + 2
-    model.train()
-    for step in range(1, recipe.warmstart_max_steps + 1):
-        pool = [i for i, a in enumerate(active) if a] or list(range(len(domains)))
+
+    def train_step(pool: Sequence[int]) -> None:
         per = max(1, recipe.warmstart_batch // len(pool))
         batch = [_with_habit(domains[i], s, rng) for i in pool for s in rng.sample(data[i], min(per, len(data[i])))]
         if sft_loss is not None:  # e.g. prompts with images (trainer/tiny_vl.py)
@@ -223,11 +230,20 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+
+    def probe_all() -> list[float]:
+        probe = [rng.sample(part, min(PROBE_PROMPTS, len(part))) for part in data]
+        out = [sampled_accuracy(engine, d, p, max_ans) for d, p in zip(domains, probe)]
+        model.train()
+        return out
+
+    model.train()
+    step = 0
+    for step in range(1, recipe.warmstart_max_steps + 1):
+        train_step([i for i, a in enumerate(active) if a] or list(range(len(domains))))
         if step % CHECK_EVERY:
             continue
-        probe = [rng.sample(part, min(PROBE_PROMPTS, len(part))) for part in data]
-        accs = [sampled_accuracy(engine, d, p, max_ans) for d, p in zip(domains, probe)]
-        model.train()
+        accs = probe_all()
         if on_check:
             on_check(step, accs)
         lagging = any(a < recipe.target_low for a in accs)
@@ -238,6 +254,18 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
                 active[i] = False
         if all(recipe.target_low <= a <= recipe.target_high for a in accs):
             break
+    habits = [i for i, d in enumerate(domains) if d.habit is not None]
+    more = min(recipe.warmstart_habit_steps, recipe.warmstart_max_steps - step)  # the cap counts every step
+    if habits and more > 0 and in_band(recipe, accs):
+        last = accs
+        for extra in range(1, more + 1):
+            train_step(habits)
+            if extra % CHECK_EVERY == 0 or extra == more:
+                last = probe_all()
+                if on_check:
+                    on_check(step + extra, last)
+        if after is not None:
+            after[:] = last
     model.eval()
     return accs
 
@@ -323,20 +351,24 @@ def load_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], seed: in
             log_fn(f"warm start step {step}/{recipe.warmstart_max_steps} (at most {eta:.0f}s more): sampled accuracy "
                    + ", ".join(f"{d.key.removeprefix('builtin:')}={a:.2f}" for d, a in zip(domains, accs)))
 
-    accs = warm_start(model, tokenizer, domains, recipe, recipe.seed, on_check=on_check, data=data)
+    after: list[float] = []
+    accs = warm_start(model, tokenizer, domains, recipe, recipe.seed, on_check=on_check, data=data, after=after)
     shown = ", ".join(f"{d.key}={a:.2f}" for d, a in zip(domains, accs))
     if not in_band(recipe, accs):
         raise WarmStartError(
             f"tiny: the warm start did not bring every domain's sampled accuracy into [{recipe.target_low}, "
             f"{recipe.target_high}] within tiny.warmstart_max_steps={recipe.warmstart_max_steps} ({shown}); raise "
             f"tiny.warmstart_max_steps, widen tiny.target_low/target_high, or try another tiny.seed")
-    log_fn(f"warm start done in {time.time() - t0:.0f}s ({steps[0]} steps); sampled accuracy {shown}")
+    log_fn(f"warm start done in {time.time() - t0:.0f}s ({steps[0]} steps); sampled accuracy {shown} in the band"
+           + (f", {', '.join(f'{a:.2f}' for a in after)} after the steps on the habits"
+              if after else ""))
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     keys = [d.key for d in domains]
-    meta = {"sampled_accuracy": dict(zip(keys, accs)), "recipe": recipe.model_dump(), "seed": recipe.seed,
+    meta = {"sampled_accuracy": dict(zip(keys, accs)), "sampled_accuracy_after_habit_steps": dict(zip(keys, after)),
+            "recipe": recipe.model_dump(), "seed": recipe.seed,
             "version": WARMSTART_VERSION, "steps": steps[0], "seconds": round(time.time() - t0),
             "code": warmstart_code_hash(keys), "versions": build_versions(), "commit": provenance.git_commit(),
             "model_hash": provenance.model_hash(tmp)}

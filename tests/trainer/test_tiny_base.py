@@ -62,12 +62,45 @@ def test_a_warm_start_that_misses_the_band_fails_loudly_and_caches_nothing(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_after_the_band_the_habit_steps_train_only_the_domains_with_a_habit_within_the_step_cap(monkeypatch):
+    """tiny.warmstart_habit_steps: once in the band, more steps on the habit domains (equally mixed), never
+    past warmstart_max_steps; 0 gives the band-only warm start, step for step."""
+    recipe = tiny_spec().tiny  # band [0, 1]: in the band at the first probe (step 25), cap 60
+    doms = [load_domain("builtin:grid", 0), load_domain("builtin:marked_sum", 0)]  # marked_sum has no habit
+    assert doms[0].habit is not None and doms[1].habit is None
+    seen: list[list[str]] = []
+    real_sft = models._sft_batch
+    monkeypatch.setattr(models, "_sft_batch", lambda tok, batch: (seen.append([s.prompt for s in batch]),
+                                                                   real_sft(tok, batch))[1])
+
+    def warm(**update):
+        seen.clear()
+        r = recipe.model_copy(update=update)
+        data = [models._warm_data(d, 0, 200) for d in doms]
+        model = models.build_tiny_model(r, models.build_char_tokenizer(models._alphabet(doms, data)), 0)
+        steps, after = [], []
+        accs = models.warm_start(model, models.build_char_tokenizer(models._alphabet(doms, data)), doms, r, 0,
+                                 on_check=lambda step, a: steps.append(step), data=data, after=after)
+        return accs, steps, after, list(seen), data
+
+    accs, steps, after, batches, data = warm(warmstart_habit_steps=100)
+    grid_prompts = {s.prompt for s in data[0]}
+    assert steps[0] == 25 and len(batches) == 60 == steps[-1]  # 25 in the band phase, 35 more (the cap is 60)
+    assert all(any(p not in grid_prompts for p in b) for b in batches[:25])      # both domains before the band
+    assert all(all(p in grid_prompts for p in b) for b in batches[25:])          # only the habit domain after
+    assert len(after) == 2 and all(0.0 <= a <= 1.0 for a in after)
+    accs0, steps0, after0, batches0, _ = warm(warmstart_habit_steps=0)
+    assert len(batches0) == 25 and after0 == [] and batches0 == batches[:25] and accs0 == accs
+
+
 def test_the_shipped_base_records_how_it_was_built():
     meta = json.loads((SHIPPED_BASE / "warmstart.json").read_text())
     assert meta["model_hash"] == provenance.model_hash(SHIPPED_BASE)
     assert set(meta["versions"]) >= {"torch", "transformers"} and meta["commit"]
     recipe = models.TinyModelSpec()
     assert all(recipe.target_low <= a <= recipe.target_high for a in meta["sampled_accuracy"].values())
+    assert meta["steps"] > recipe.warmstart_habit_steps > 0 and set(meta["sampled_accuracy_after_habit_steps"]) == set(
+        meta["sampled_accuracy"])
 
 
 def test_one_line_names_versions_commit_and_base_hash():
