@@ -150,6 +150,71 @@ def test_records_with_images_and_frames(tmp_path):
     assert len(v.train[0].images) == 3 and v.train[0].images[0].endswith("f0.png")
 
 
+def write_clip(path: Path, reds: list[int], codec: str = "mpeg4") -> None:
+    """A 32×32 video of len(reds) frames, frame i all of red level reds[i], written with PyAV itself."""
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=4)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for red in reds:
+            pixels = np.zeros((32, 32, 3), np.uint8)
+            pixels[..., 0] = red
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        out.mux(stream.encode())
+
+
+def test_video_files_are_decoded_into_uniformly_sampled_frames(tmp_path):
+    reds = [20 * i for i in range(10)]
+    for i in range(3):
+        write_clip(tmp_path / f"c{i}.mp4", reds)
+    write_clip(tmp_path / "c3.webm", reds, codec="libvpx")
+    rows = [{"prompt": f"clip {i}?", "answer": str(i), "video": f"c{i}.{'webm' if i == 3 else 'mp4'}"} for i in range(4)]
+    path = tmp_path / "v.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    d = load_domain(JsonlDomain(path=str(path), video_field="video", video_frames=4, eval_fraction=0.25), 0)
+    for s in d.train + d.eval:
+        assert len(s.images) == 4 and all(isinstance(f, bytes) for f in s.images)
+        got = [Image.open(io.BytesIO(f)).convert("RGB").getpixel((16, 16))[0] for f in s.images]
+        # frames 1, 3, 6, 8 of 10 (the middle of four equal spans), within the codec's rounding
+        assert all(abs(g - reds[i]) <= 6 for g, i in zip(got, (1, 3, 6, 8))), got
+    many = load_domain(JsonlDomain(path=str(path), video_field="video", video_frames=32, eval_fraction=0.25), 0)
+    assert len(many.train[0].images) == 10  # a shorter video gives all its frames
+
+
+@pytest.mark.parametrize("bad, needle", [("gone.mp4", "video file not found: gone.mp4"),
+                                         ("junk.mp4", "video file junk.mp4 does not decode"),
+                                         ("noav", "video file ok.mp4 needs PyAV to decode: pip install 'copd[video]'")])
+def test_a_bad_video_file_fails_with_one_line_naming_the_record(tmp_path, monkeypatch, bad, needle):
+    write_clip(tmp_path / "ok.mp4", [0, 100, 200])
+    (tmp_path / "junk.mp4").write_bytes(b"not a video" * 20)
+    if bad == "noav":
+        monkeypatch.setitem(__import__("sys").modules, "av", None)  # `import av` raises ImportError
+    path = tmp_path / "v.jsonl"
+    rows = [{"prompt": "p1", "answer": "1", "video": [f"ok.mp4"]},
+            {"prompt": "p2", "answer": "2", "video": "ok.mp4" if bad == "noav" else bad}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    if bad == "noav":
+        rows[0]["video"] = ["x.png"]  # the first record has no video: the error names the one that has
+        Image.new("RGB", (28, 28)).save(tmp_path / "x.png")
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(DomainError) as err:
+        load_domain(JsonlDomain(path=str(path), video_field="video"), 0)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}:2: field 'video': ") and needle in msg, msg
+
+
+def test_video_frames_is_validated():
+    def experts(**fields):
+        return [{"name": "t", "domain": "builtin:arith"},
+                {"name": "v", "domain": {"type": "jsonl", "path": "x.jsonl", "video_field": "v", **fields}}]
+    for bad in (0, 257, "many"):
+        with pytest.raises(SpecError, match=r"^experts\.1\.domain\.video_frames: "):
+            parse_spec({"name": "r", "base_model": "m", "experts": experts(video_frames=bad)})
+    assert parse_spec({"name": "r", "base_model": "m", "experts": experts()}).experts[1].domain.video_frames == 8
+
+
 @pytest.mark.parametrize("bad, needle", [({"image": "img/missing.png"}, "image file not found: img/missing.png"),
                                          ({"image": "bad.png"}, "not a readable image"),
                                          ({}, "missing field 'image'")])

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 import trainer.domains.frames as frames
+import trainer.domains.video as video
 from trainer.domains.images import open_image, png  # noqa: F401  (importable from here too)
 from trainer.domains.base import Domain, DomainError, Sample, draw_splits, held_out
 from trainer.domains.verifiers import score_exact
@@ -43,6 +44,7 @@ COLOURS = {"r": (220, 30, 30), "g": (30, 170, 30), "b": (30, 60, 220)}
 MOTION_COLS, MOTION_ROWS = 6, 2
 SPECK_P = 0.08                   # motion: chance of a grey speck in a cell, per frame
 _SALT_SHAPES, _SALT_MOTION = 0x5A1E, 0x30F1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 # ---- builtin:shapes ------------------------------------------------------------------------------
@@ -156,9 +158,11 @@ def _sources(value: Any, where: str, field: str) -> list[bytes | str]:
     raise DomainError(f"{where}: field '{field}' must be an image path, bytes or a list of them")
 
 
-def record_images(record: Mapping[str, Any], field: str, where: str, base: Path) -> tuple[bytes | str, ...]:
+def record_images(record: Mapping[str, Any], field: str, where: str, base: Path,
+                  video_frames: int | None = None) -> tuple[bytes | str, ...]:
     """The images (or a video's frames, in order) of a record, checked readable; paths resolve from `base`
-    (the data file's folder), a folder of frames reads its image files in name order."""
+    (the data file's folder), a folder of frames reads its image files in name order. With `video_frames`
+    (a video field), a file that is not an image is a video: `video_frames` of its frames, uniformly sampled."""
     if field not in record:
         raise DomainError(f"{where}: missing field '{field}'")
     out: list[bytes | str] = []
@@ -167,13 +171,20 @@ def record_images(record: Mapping[str, Any], field: str, where: str, base: Path)
             p = Path(src).expanduser()
             p = p if p.is_absolute() else base / p
             if p.is_dir():
-                files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
+                files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
                 if not files:
                     raise DomainError(f"{where}: field '{field}': folder {src} holds no image files")
                 out.extend(str(f) for f in files)
                 continue
             if not p.is_file():
-                raise DomainError(f"{where}: field '{field}': image file not found: {src}")
+                kind = "video" if video_frames and p.suffix.lower() not in IMAGE_SUFFIXES else "image"
+                raise DomainError(f"{where}: field '{field}': {kind} file not found: {src}")
+            if video_frames and p.suffix.lower() not in IMAGE_SUFFIXES:
+                try:
+                    out.extend(video.decode_video(str(p), video_frames))
+                except video.VideoError as err:
+                    raise DomainError(f"{where}: field '{field}': video file {src} {err}") from None
+                continue
             src = str(p)
         out.append(src)
     for src in out:
@@ -192,4 +203,5 @@ def with_record_images(sample: Sample, record: Mapping[str, Any], spec: Any, whe
     if field is None:
         return sample
     from dataclasses import replace
-    return replace(sample, images=record_images(record, field, where, base))
+    frames = spec.video_frames if field == getattr(spec, "video_field", None) else None
+    return replace(sample, images=record_images(record, field, where, base, video_frames=frames))
