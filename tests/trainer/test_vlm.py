@@ -55,7 +55,8 @@ def test_visual_domains_are_seeded_disjoint_and_verifiable(domains):
     motion = domains["builtin:motion"]
     assert {len(s.images) for s in motion.train[:200]} == {3, 4}  # a clip is its frames
     with Image.open(__import__("io").BytesIO(motion.train[0].images[0])) as im:
-        assert im.size == (84, 28)
+        assert im.size == (28, 28)  # one vision token a frame after the 2×2 merge
+    assert {s.prompt for s in motion.train} == {"v?", "d?", "n?"} and len(motion.train[0].images) in (3, 4)
 
 
 def _cell_colour(im, x: int, y: int) -> str:
@@ -76,17 +77,22 @@ def _solve_shapes(sample) -> str:
 
 
 def _solve_motion(sample) -> str:
-    """An independent reader of a clip: the red square's column in each frame, constant velocity."""
-    cols = []
+    """An independent reader of a clip: the red square's cell in each 28×28 frame (4 × 4 cells of 7 px),
+    constant velocity along one row."""
+    cells = []
     for frame in sample.images:
         im = Image.open(io.BytesIO(frame)).convert("RGB")
-        hits = [c for c in range(6) for r in range(2) if _cell_colour(im, 14 * c + 7, 14 * r + 7) == "r"]
+        assert im.size == (28, 28)
+        hits = [(r, c) for c in range(4) for r in range(4) if _cell_colour(im, 7 * c + 3, 7 * r + 3) == "r"]
         assert len(hits) == 1
-        cols.append(hits[0])
+        cells.append(hits[0])
+    assert len({r for r, _ in cells}) == 1
+    cols = [c for _, c in cells]
     v = cols[1] - cols[0]
     assert all(b - a == v for a, b in zip(cols, cols[1:]))
     moved = cols[-1] - cols[0]
-    return {"d?": str(moved), "v?": "R" if moved > 0 else "L" if moved < 0 else "S", "n?": str(cols[-1] + v + 1)}[sample.prompt]
+    return {"d?": str(moved), "v?": "R" if moved > 0 else "L" if moved < 0 else "S",
+            "n?": f"{cells[0][0] + 1}{cols[-1] + v + 1}"}[sample.prompt]
 
 
 @pytest.mark.parametrize("key, solve", [("builtin:shapes", _solve_shapes), ("builtin:motion", _solve_motion)])
@@ -369,7 +375,7 @@ def test_dataset_rows_with_image_bytes(tmp_path):
 
 def test_the_shipped_tiny_vl_base_fits_the_example(domains):
     from contract.spec import load_spec
-    from trainer.tiny_vl import shipped_vl_base
+    from trainer.tiny_vl import shipped_vl_base, vl_code_hash
 
     spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "copd-tiny-vl.yaml")
     folder = shipped_vl_base(spec.tiny, [load_domain(e.domain, spec.seed) for e in spec.experts])
@@ -378,3 +384,21 @@ def test_the_shipped_tiny_vl_base_fits_the_example(domains):
     assert isinstance(processor, VisionProcessor) and model.config.model_type == "qwen2_vl"
     meta = json.loads((folder / "warmstart.json").read_text())
     assert all(spec.tiny.target_low <= a <= spec.tiny.target_high for a in meta["sampled_accuracy"].values())
+    # built by today's code: a changed generator, habit or warm start needs `python scripts/build-tiny-vl-base.py`
+    assert meta["code"] == vl_code_hash(list(meta["sampled_accuracy"]))
+
+
+def test_the_vl_code_hash_covers_the_visual_generators_and_the_warm_start(monkeypatch):
+    from trainer import models, tiny_vl
+    from trainer.tiny_vl import vl_code_hash
+
+    keys = ["builtin:arith", "builtin:shapes", "builtin:motion"]
+    key = vl_code_hash(keys)
+    assert vl_code_hash(keys[:1]) != key  # the domains' modules (shapes and motion: trainer/domains/visual.py)
+    with monkeypatch.context() as m:
+        m.setattr(models, "HABIT_SHARE", 0.5)  # builtin:tiny's warm start and its constants
+        assert vl_code_hash(keys) != key
+    with monkeypatch.context() as m:
+        m.setattr(tiny_vl, "VISION", {**tiny_vl.VISION, "depth": 3})  # the tower
+        assert vl_code_hash(keys) != key
+    assert vl_code_hash(keys) == key
