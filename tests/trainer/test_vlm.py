@@ -402,3 +402,8 @@ def test_the_vl_code_hash_covers_the_visual_generators_and_the_warm_start(monkey
         m.setattr(tiny_vl, "VISION", {**tiny_vl.VISION, "depth": 3})  # the tower
         assert vl_code_hash(keys) != key
     assert vl_code_hash(keys) == key
+    domains = [load_domain(k, 0) for k in keys]
+    assert tiny_vl.shipped_vl_base(TinyModelSpec(), domains) is not None
+    with monkeypatch.context() as m:  # code that moved on: the shipped base is not used (a run builds its own)
+        m.setattr(tiny_vl, "vl_code_hash", lambda keys: "0" * 16)
+        assert tiny_vl.shipped_vl_base(TinyModelSpec(), domains) is None
