@@ -29,7 +29,9 @@ from pathlib import Path
 SIZES = {"0.5b": (1024, 24, 16, 2, 5504), "tiny": (64, 1, 2, 1, 128)}  # tiny: head_dim 32, as vLLM CPU needs
 # --vl: a Qwen2-VL-family model. "2b" = Qwen2-VL-2B's text body (1536 wide, 28 layers) and vision tower
 # (32 blocks × 1280, 16 heads, mlp ratio 4), ~2.1B parameters with a character vocabulary.
-VL_SIZES = {"2b": ((1536, 28, 12, 2, 8960), {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4}),
+# the 2B tower keeps Qwen2-VL's init (std 0.02): tiny-vl's 0.1 is for a 2-block tower that must learn fast
+VL_SIZES = {"2b": ((1536, 28, 12, 2, 8960), {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4,
+                                           "initializer_range": 0.02}),
             "tiny": ((64, 1, 2, 1, 128), {"depth": 1, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2})}
 VL_DOMAINS = {"image": "builtin:shapes", "video": "builtin:motion"}
 

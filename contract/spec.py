@@ -89,8 +89,12 @@ class _Visual(_Model):
 
     image_field: str | None = Field(None, min_length=1, description="Record field holding the prompt's image(s): a "
                                     "path (relative to the data file), a list of paths, {bytes | path}, or a data: URI.")
-    video_field: str | None = Field(None, min_length=1, description="Record field holding a video as its frames: a "
-                                    "list of image paths / bytes in order, or a folder of frame images (name order).")
+    video_field: str | None = Field(None, min_length=1, description="Record field holding a video: a video file "
+                                    "(.mp4, .webm, .mov, ...: any file that is not an image, decoded with PyAV), a "
+                                    "list of frame image paths / bytes in order, or a folder of frame images (name order).")
+    video_frames: int = Field(8, ge=1, le=256, description="Frames taken from a video file, uniformly spaced in time "
+                              "(all of them when it has fewer); each frame costs (h/28)·(w/28) tokens on a "
+                              "Qwen2-VL-family model. Frame lists and folders are used as given.")
 
     @model_validator(mode="after")
     def _one_visual_field(self) -> "_Visual":

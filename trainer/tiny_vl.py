@@ -6,6 +6,7 @@ and cached on disk by recipe hash; the base for the builtin domains ships in tra
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -27,10 +28,16 @@ from trainer.vlm import TINY_CHAT_TEMPLATE, VISION_TOKENS, VisionProcessor, Visu
 
 SHIPPED_VL_BASE = Path(__file__).parent / "assets" / "tiny-vl-base"
 # Bump when the tiny VLM's warm start changes (its own number: builtin:tiny's text recipe moves on its own).
-VL_WARMSTART_VERSION = 3
+VL_WARMSTART_VERSION = 4
 # The vision tower: depth × embed_dim, patches of 14 px merged 2×2 into one token of the text width.
+# initializer_range 0.1 (Qwen2-VL's default is 0.02): at 0.02 the tower's output barely differs between pictures
+# (the per-picture spread is ~1/3 of the shared part at init and shrinks as training goes on) and a supervised
+# probe of "what colour is the one square" stayed at chance for 300 steps; at 0.1 it is learned in ~250 steps.
 VISION = {"depth": 2, "embed_dim": 64, "num_heads": 4, "mlp_ratio": 2, "patch_size": 14, "spatial_merge_size": 2,
-          "temporal_patch_size": 2, "in_channels": 3}
+          "temporal_patch_size": 2, "in_channels": 3, "initializer_range": 0.1}
+# The warm start's learning rate, at most: at builtin:tiny's 3e-3 (and at 1e-3) the tower learns nothing or
+# learns and collapses again; 3e-4 learns (docs/results/vl.md, "Why the video expert barely learned").
+VL_WARMSTART_LR = 3e-4
 IMAGE_PIXELS = (28 * 28, 112 * 112)  # min / max pixels an image is resized into (the builtin ones fit as drawn)
 
 
@@ -134,10 +141,28 @@ def sft_loss(model, processor: VisionProcessor, samples: Sequence[Sample]) -> to
     return -(logp * batch.completion_mask).sum() / batch.completion_mask.sum()
 
 
+_VL_CODE = ("build_vl_processor", "build_tiny_vl", "carry_text_weights", "sft_batch", "sft_loss", "load_builtin_tiny_vl")
+
+
+def vl_code_hash(keys: Sequence[str]) -> str:
+    """Hash of the code that builds the tiny VLM for the domains `keys` (comments and docstrings ignored): this
+    module's builders, builtin:tiny's warm start and the domains' modules (trainer.models.warmstart_code_hash),
+    the frames module builtin:motion draws its trajectories from, and the tower's constants."""
+    import trainer.domains.frames as frames_module
+    from trainer.models import _code_digest, warmstart_code_hash
+
+    h = hashlib.sha256(warmstart_code_hash(keys).encode() + repr((VISION, IMAGE_PIXELS, VL_WARMSTART_LR)).encode())
+    for name in _VL_CODE:
+        h.update(_code_digest(inspect.getsource(globals()[name])).encode())
+    h.update(_code_digest(inspect.getsource(frames_module)).encode())
+    return h.hexdigest()[:16]
+
+
 def _fingerprint(recipe: TinyModelSpec, domains: Sequence[Domain], seed: int) -> str:
     text_base = (SHIPPED_BASE / "model.safetensors")
     h = hashlib.sha256(json.dumps({"recipe": recipe.model_dump(), "vision": VISION, "seed": seed,
-                                   "v": VL_WARMSTART_VERSION, "text": text_base.stat().st_size if text_base.exists() else 0},
+                                   "v": VL_WARMSTART_VERSION, "text": text_base.stat().st_size if text_base.exists() else 0,
+                                   "code": vl_code_hash([d.key for d in domains])},
                                   sort_keys=True).encode())
     for d in domains:
         h.update(d.key.encode())
@@ -154,8 +179,10 @@ def shipped_vl_base(recipe: TinyModelSpec, domains: Sequence[Domain], folder: Pa
         return None
     # a recipe field added after the base was built counts with its default (tiny.seed came later)
     built = {**TinyModelSpec().model_dump(), **meta.get("recipe", {})}
+    keys = list(meta.get("sampled_accuracy", {}))
     fits = (meta.get("version") == VL_WARMSTART_VERSION and built == recipe.model_dump()
-            and meta.get("vision") == VISION and {d.key for d in domains} <= set(meta.get("sampled_accuracy", {})))
+            and meta.get("vision") == VISION and {d.key for d in domains} <= set(keys)
+            and meta.get("code") == vl_code_hash(keys))  # a changed generator or warm start: not this base
     return folder if fits else None
 
 
@@ -188,7 +215,8 @@ def load_builtin_tiny_vl(recipe: TinyModelSpec, domains: Sequence[Domain], seed:
             log_fn(f"warm start step {step}/{recipe.warmstart_max_steps} ({time.time() - t0:.0f}s): sampled accuracy "
                    + ", ".join(f"{d.key.removeprefix('builtin:')}={a:.2f}" for d, a in zip(domains, accs)))
 
-    accs = warm_start(model, processor, domains, recipe, seed, on_check=on_check, sft_loss=sft_loss)
+    slow = recipe.model_copy(update={"warmstart_lr": min(recipe.warmstart_lr, VL_WARMSTART_LR)})
+    accs = warm_start(model, processor, domains, slow, seed, on_check=on_check, sft_loss=sft_loss)
     log_fn(f"warm start done in {time.time() - t0:.0f}s; sampled accuracy "
            + ", ".join(f"{d.key}={a:.2f}" for d, a in zip(domains, accs)))
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
@@ -197,6 +225,7 @@ def load_builtin_tiny_vl(recipe: TinyModelSpec, domains: Sequence[Domain], seed:
     processor.save_pretrained(tmp)
     (tmp / "warmstart.json").write_text(json.dumps({"sampled_accuracy": dict(zip([d.key for d in domains], accs)),
                                                     "recipe": recipe.model_dump(), "vision": VISION, "seed": seed,
+                                                    "code": vl_code_hash([d.key for d in domains]),
                                                     "text_from_tiny_base": carried, "version": VL_WARMSTART_VERSION, "seconds": round(time.time() - t0)},
                                                    indent=1))
     try:

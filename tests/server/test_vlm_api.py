@@ -27,6 +27,9 @@ def test_visual_run_round_trips(api: Api) -> None:
     ({"base_model": "some/vlm", "experts": SPEC["experts"][:2] + [
         {"name": "mine", "domain": {"type": "jsonl", "path": "d.jsonl", "image_field": ""}}]},
      "experts.2.domain.image_field"),
+    ({"base_model": "some/vlm", "experts": SPEC["experts"][:2] + [
+        {"name": "mine", "domain": {"type": "jsonl", "path": "d.jsonl", "video_field": "v", "video_frames": 0}}]},
+     "experts.2.domain.video_frames"),
 ])
 def test_bad_visual_spec_is_422_naming_the_field(api: Api, change: dict, field: str) -> None:
     r = api.client.post("/api/v1/runs", json=spec(**change))

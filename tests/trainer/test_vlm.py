@@ -55,7 +55,8 @@ def test_visual_domains_are_seeded_disjoint_and_verifiable(domains):
     motion = domains["builtin:motion"]
     assert {len(s.images) for s in motion.train[:200]} == {3, 4}  # a clip is its frames
     with Image.open(__import__("io").BytesIO(motion.train[0].images[0])) as im:
-        assert im.size == (84, 28)
+        assert im.size == (28, 28)  # one vision token a frame after the 2×2 merge
+    assert {s.prompt for s in motion.train} == {"v?", "d?", "n?"} and len(motion.train[0].images) in (3, 4)
 
 
 def _cell_colour(im, x: int, y: int) -> str:
@@ -76,17 +77,22 @@ def _solve_shapes(sample) -> str:
 
 
 def _solve_motion(sample) -> str:
-    """An independent reader of a clip: the red square's column in each frame, constant velocity."""
-    cols = []
+    """An independent reader of a clip: the red square's cell in each 28×28 frame (4 × 4 cells of 7 px),
+    constant velocity along one row."""
+    cells = []
     for frame in sample.images:
         im = Image.open(io.BytesIO(frame)).convert("RGB")
-        hits = [c for c in range(6) for r in range(2) if _cell_colour(im, 14 * c + 7, 14 * r + 7) == "r"]
+        assert im.size == (28, 28)
+        hits = [(r, c) for c in range(4) for r in range(4) if _cell_colour(im, 7 * c + 3, 7 * r + 3) == "r"]
         assert len(hits) == 1
-        cols.append(hits[0])
+        cells.append(hits[0])
+    assert len({r for r, _ in cells}) == 1
+    cols = [c for _, c in cells]
     v = cols[1] - cols[0]
     assert all(b - a == v for a, b in zip(cols, cols[1:]))
     moved = cols[-1] - cols[0]
-    return {"d?": str(moved), "v?": "R" if moved > 0 else "L" if moved < 0 else "S", "n?": str(cols[-1] + v + 1)}[sample.prompt]
+    return {"d?": str(moved), "v?": "R" if moved > 0 else "L" if moved < 0 else "S",
+            "n?": f"{cells[0][0] + 1}{cols[-1] + v + 1}"}[sample.prompt]
 
 
 @pytest.mark.parametrize("key, solve", [("builtin:shapes", _solve_shapes), ("builtin:motion", _solve_motion)])
@@ -148,6 +154,71 @@ def test_records_with_images_and_frames(tmp_path):
     assert len(d.train) + len(d.eval) == 3 and all(len(s.images) == 1 for s in d.train)  # same text, 3 pictures
     v = load_domain(JsonlDomain(path=str(path), prompt_field="q", answer_field="a", video_field="frames"), 0)
     assert len(v.train[0].images) == 3 and v.train[0].images[0].endswith("f0.png")
+
+
+def write_clip(path: Path, reds: list[int], codec: str = "mpeg4") -> None:
+    """A 32×32 video of len(reds) frames, frame i all of red level reds[i], written with PyAV itself."""
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=4)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for red in reds:
+            pixels = np.zeros((32, 32, 3), np.uint8)
+            pixels[..., 0] = red
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        out.mux(stream.encode())
+
+
+def test_video_files_are_decoded_into_uniformly_sampled_frames(tmp_path):
+    reds = [20 * i for i in range(10)]
+    for i in range(3):
+        write_clip(tmp_path / f"c{i}.mp4", reds)
+    write_clip(tmp_path / "c3.webm", reds, codec="libvpx")
+    rows = [{"prompt": f"clip {i}?", "answer": str(i), "video": f"c{i}.{'webm' if i == 3 else 'mp4'}"} for i in range(4)]
+    path = tmp_path / "v.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    d = load_domain(JsonlDomain(path=str(path), video_field="video", video_frames=4, eval_fraction=0.25), 0)
+    for s in d.train + d.eval:
+        assert len(s.images) == 4 and all(isinstance(f, bytes) for f in s.images)
+        got = [Image.open(io.BytesIO(f)).convert("RGB").getpixel((16, 16))[0] for f in s.images]
+        # frames 1, 3, 6, 8 of 10 (the middle of four equal spans), within the codec's rounding
+        assert all(abs(g - reds[i]) <= 6 for g, i in zip(got, (1, 3, 6, 8))), got
+    many = load_domain(JsonlDomain(path=str(path), video_field="video", video_frames=32, eval_fraction=0.25), 0)
+    assert len(many.train[0].images) == 10  # a shorter video gives all its frames
+
+
+@pytest.mark.parametrize("bad, needle", [("gone.mp4", "video file not found: gone.mp4"),
+                                         ("junk.mp4", "video file junk.mp4 does not decode"),
+                                         ("noav", "video file ok.mp4 needs PyAV to decode: pip install 'copd[video]'")])
+def test_a_bad_video_file_fails_with_one_line_naming_the_record(tmp_path, monkeypatch, bad, needle):
+    write_clip(tmp_path / "ok.mp4", [0, 100, 200])
+    (tmp_path / "junk.mp4").write_bytes(b"not a video" * 20)
+    if bad == "noav":
+        monkeypatch.setitem(__import__("sys").modules, "av", None)  # `import av` raises ImportError
+    path = tmp_path / "v.jsonl"
+    rows = [{"prompt": "p1", "answer": "1", "video": [f"ok.mp4"]},
+            {"prompt": "p2", "answer": "2", "video": "ok.mp4" if bad == "noav" else bad}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    if bad == "noav":
+        rows[0]["video"] = ["x.png"]  # the first record has no video: the error names the one that has
+        Image.new("RGB", (28, 28)).save(tmp_path / "x.png")
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(DomainError) as err:
+        load_domain(JsonlDomain(path=str(path), video_field="video"), 0)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}:2: field 'video': ") and needle in msg, msg
+
+
+def test_video_frames_is_validated():
+    def experts(**fields):
+        return [{"name": "t", "domain": "builtin:arith"},
+                {"name": "v", "domain": {"type": "jsonl", "path": "x.jsonl", "video_field": "v", **fields}}]
+    for bad in (0, 257, "many"):
+        with pytest.raises(SpecError, match=r"^experts\.1\.domain\.video_frames: "):
+            parse_spec({"name": "r", "base_model": "m", "experts": experts(video_frames=bad)})
+    assert parse_spec({"name": "r", "base_model": "m", "experts": experts()}).experts[1].domain.video_frames == 8
 
 
 @pytest.mark.parametrize("bad, needle", [({"image": "img/missing.png"}, "image file not found: img/missing.png"),
@@ -304,7 +375,7 @@ def test_dataset_rows_with_image_bytes(tmp_path):
 
 def test_the_shipped_tiny_vl_base_fits_the_example(domains):
     from contract.spec import load_spec
-    from trainer.tiny_vl import shipped_vl_base
+    from trainer.tiny_vl import shipped_vl_base, vl_code_hash
 
     spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "copd-tiny-vl.yaml")
     folder = shipped_vl_base(spec.tiny, [load_domain(e.domain, spec.seed) for e in spec.experts])
@@ -313,3 +384,26 @@ def test_the_shipped_tiny_vl_base_fits_the_example(domains):
     assert isinstance(processor, VisionProcessor) and model.config.model_type == "qwen2_vl"
     meta = json.loads((folder / "warmstart.json").read_text())
     assert all(spec.tiny.target_low <= a <= spec.tiny.target_high for a in meta["sampled_accuracy"].values())
+    # built by today's code: a changed generator, habit or warm start needs `python scripts/build-tiny-vl-base.py`
+    assert meta["code"] == vl_code_hash(list(meta["sampled_accuracy"]))
+
+
+def test_the_vl_code_hash_covers_the_visual_generators_and_the_warm_start(monkeypatch):
+    from trainer import models, tiny_vl
+    from trainer.tiny_vl import vl_code_hash
+
+    keys = ["builtin:arith", "builtin:shapes", "builtin:motion"]
+    key = vl_code_hash(keys)
+    assert vl_code_hash(keys[:1]) != key  # the domains' modules (shapes and motion: trainer/domains/visual.py)
+    with monkeypatch.context() as m:
+        m.setattr(models, "HABIT_SHARE", 0.5)  # builtin:tiny's warm start and its constants
+        assert vl_code_hash(keys) != key
+    with monkeypatch.context() as m:
+        m.setattr(tiny_vl, "VISION", {**tiny_vl.VISION, "depth": 3})  # the tower
+        assert vl_code_hash(keys) != key
+    assert vl_code_hash(keys) == key
+    domains = [load_domain(k, 0) for k in keys]
+    assert tiny_vl.shipped_vl_base(TinyModelSpec(), domains) is not None
+    with monkeypatch.context() as m:  # code that moved on: the shipped base is not used (a run builds its own)
+        m.setattr(tiny_vl, "vl_code_hash", lambda keys: "0" * 16)
+        assert tiny_vl.shipped_vl_base(TinyModelSpec(), domains) is None

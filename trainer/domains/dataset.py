@@ -25,7 +25,7 @@ from typing import Any
 from contract.spec import DatasetDomain
 from trainer.domains.base import Domain, DomainError, Sample
 from trainer.domains.jsonl import read_text, split_by_prompt
-from trainer.domains.visual import with_record_images
+from trainer.domains.records import with_record_images
 from trainer.domains.plugins import build_verifier, dotted
 
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")

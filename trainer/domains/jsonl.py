@@ -16,7 +16,7 @@ from pathlib import Path
 from contract.spec import JsonlDomain
 from trainer.domains.base import Domain, DomainError, Sample
 from trainer.domains.plugins import build_verifier
-from trainer.domains.visual import with_record_images
+from trainer.domains.records import with_record_images
 
 
 def load_jsonl(spec: JsonlDomain, seed: int) -> Domain:

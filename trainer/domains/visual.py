@@ -1,13 +1,13 @@
-"""Domains with visual inputs: the builtin rendered ones, and images / video frames of jsonl records.
+"""Domains with visual inputs: the builtin rendered ones (a record's images: trainer/domains/records.py).
 
 `builtin:shapes` (image reasoning): a 56×56 picture of a 4×4 board, each cell empty or holding a red, green or
 blue square. Questions: `r?` / `g?` / `b?` how many squares of that colour; `r>b?` which colour has more
 (`R`, `B`, or `=`); `@23?` the colour in row 2, column 3 (`r`, `g`, `b`, or `-` for empty).
 
-`builtin:motion` (video reasoning): 3 or 4 frames, 84×28 each (a strip of 6 columns, 2 rows), of a red square
-moving at a constant velocity along its row, grey specks flickering at random (sensor noise). Questions:
-`v?` its direction (`L`, `R`, `S`), `d?` its displacement from the first frame to the last in columns, `n?`
-its column (1-6) in the next, unseen frame.
+`builtin:motion` (video reasoning): 3 or 4 frames, 28×28 each (4 × 4 cells of 7 px: one vision token a frame),
+of a red square moving at a constant velocity along its row, grey specks flickering at random (sensor noise).
+Questions: `v?` its direction (`L`, `R`, `S`), `d?` its displacement from the first frame to the last in
+columns, `n?` (half of them) its cell in the next, unseen frame, as row and column (`23`: row 2, column 3).
 
 The pictures are rendered with PIL and kept as PNG bytes (a few hundred bytes each); prompts are told apart by
 their text and image bytes (`Sample.pool_key`), and the held-out pool is `held_out` of that key, so no seed's
@@ -20,18 +20,14 @@ eval picture is ever a train picture. This module imports no torch (the server p
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 import random
-from pathlib import Path
-from typing import Any, Mapping
 
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
 import trainer.domains.frames as frames
 from trainer.domains.images import open_image, png  # noqa: F401  (importable from here too)
-from trainer.domains.base import Domain, DomainError, Sample, draw_splits, held_out
+from trainer.domains.base import Domain, Sample, draw_splits, held_out
 from trainer.domains.verifiers import score_exact
 
 SHAPES_KEY, MOTION_KEY = "builtin:shapes", "builtin:motion"
@@ -40,8 +36,14 @@ CELL = 14                        # pixels: one vision patch of a Qwen2-VL-family
 BOARD = 4                        # shapes: 4×4 cells
 FILL_P = 0.4                     # shapes: chance a cell holds a square
 COLOURS = {"r": (220, 30, 30), "g": (30, 170, 30), "b": (30, 60, 220)}
-MOTION_COLS, MOTION_ROWS = 6, 2
+# motion: a frame is 28×28, the smallest image a Qwen2-VL-family model takes, so it is ONE token after the 2×2
+# merge and the square's place is in that token's content, not in RoPE positions offset differently in every
+# frame (84×28 frames of three tokens each: docs/results/vl.md, "Why the video expert barely learned").
+MOTION_COLS, MOTION_ROWS, MOTION_CELL = 4, 4, 7
 SPECK_P = 0.08                   # motion: chance of a grey speck in a cell, per frame
+# motion: half the questions ask for the next frame's cell (row and column: 16 answers), so a model that
+# does not look at the frames scores ~0.1-0.2, below the warm start's band (it must learn to look to get there)
+MOTION_QUESTIONS = ("n?", "n?", "d?", "v?")
 _SALT_SHAPES, _SALT_MOTION = 0x5A1E, 0x30F1
 
 
@@ -100,27 +102,37 @@ def build_shapes(seed: int) -> Domain:
 
 # ---- builtin:motion ------------------------------------------------------------------------------
 
+def cell_name(i: int, width: int) -> str:
+    """Cell i (row-major) as row and column, counted from 1: `23` is row 2, column 3."""
+    return f"{i // width + 1}{i % width + 1}"
+
+
 def _strip_image(col: int, row: int, rng: random.Random) -> Image.Image:
-    """One 84×28 frame: the red square at (col, row), grey specks elsewhere at random."""
-    im = Image.new("RGB", (MOTION_COLS * CELL, MOTION_ROWS * CELL), (245, 245, 245))
+    """One 28×28 frame of MOTION_COLS × MOTION_ROWS cells of MOTION_CELL px: the red square at (col, row),
+    grey specks elsewhere at random."""
+    c_px = MOTION_CELL
+    im = Image.new("RGB", (MOTION_COLS * c_px, MOTION_ROWS * c_px), (245, 245, 245))
     draw = ImageDraw.Draw(im)
     for c in range(MOTION_COLS):
         for r in range(MOTION_ROWS):
-            x, y = c * CELL, r * CELL
+            x, y = c * c_px, r * c_px
             if (c, r) == (col, row):
-                draw.rectangle([x + 2, y + 2, x + CELL - 3, y + CELL - 3], fill=COLOURS["r"])
+                draw.rectangle([x + 1, y + 1, x + c_px - 2, y + c_px - 2], fill=COLOURS["r"])
             elif rng.random() < SPECK_P:
-                draw.ellipse([x + 5, y + 5, x + 9, y + 9], fill=(120, 120, 120))
+                draw.rectangle([x + 3, y + 3, x + 4, y + 4], fill=(120, 120, 120))
     return im
 
 
 def draw_motion(rng: random.Random) -> Sample:
     """One random clip and question (frames.py's trajectories: constant velocity, inside the strip)."""
-    question, n = rng.choice(frames.QUESTIONS), rng.choice(frames.FRAME_COUNTS)
+    question, n = rng.choice(MOTION_QUESTIONS), rng.choice(frames.FRAME_COUNTS)
     positions = frames._trajectory(rng, n + 1 if question == "n?" else n, MOTION_COLS)
     row = rng.randrange(MOTION_ROWS)
     clip = tuple(png(_strip_image(p, row, rng)) for p in positions[:n])
-    return Sample(question, frames.answer(positions, question), images=clip)
+    # n?: the cell (row, column) in the next frame; frames.habit reads it one column further right, as it does
+    # the column of builtin:frames
+    answer = cell_name(row * MOTION_COLS + positions[-1], MOTION_COLS) if question == "n?" else frames.answer(positions, question)
+    return Sample(question, answer, images=clip)
 
 
 def build_motion(seed: int) -> Domain:
@@ -128,68 +140,3 @@ def build_motion(seed: int) -> Domain:
     train, eval_ = draw_splits(random.Random(seed ^ _SALT_MOTION), draw_motion, TRAIN_SIZE, EVAL_SIZE,
                                functools.partial(held_out, MOTION_KEY))
     return Domain(key=MOTION_KEY, train=train, eval=eval_, verifier=score_exact, habit=frames.habit)
-
-
-# ---- images and frames of records ----------------------------------------------------------------
-
-def _sources(value: Any, where: str, field: str) -> list[bytes | str]:
-    """A record field's images: a path, a data: URI, {bytes | path} (HF datasets' Image), raw bytes, or a list."""
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise DomainError(f"{where}: field '{field}' is an empty list")
-        return [s for v in value for s in _sources(v, where, field)]
-    if isinstance(value, Mapping):
-        if value.get("bytes"):
-            return [bytes(value["bytes"])]
-        if value.get("path"):
-            return [str(value["path"])]
-        raise DomainError(f"{where}: field '{field}' has neither bytes nor path")
-    if isinstance(value, (bytes, bytearray)):
-        return [bytes(value)]
-    if isinstance(value, str) and value.startswith("data:") and ";base64," in value:
-        try:
-            return [base64.b64decode(value.split(";base64,", 1)[1], validate=True)]
-        except ValueError:
-            raise DomainError(f"{where}: field '{field}' is not valid base64") from None
-    if isinstance(value, str) and value.strip():
-        return [value]
-    raise DomainError(f"{where}: field '{field}' must be an image path, bytes or a list of them")
-
-
-def record_images(record: Mapping[str, Any], field: str, where: str, base: Path) -> tuple[bytes | str, ...]:
-    """The images (or a video's frames, in order) of a record, checked readable; paths resolve from `base`
-    (the data file's folder), a folder of frames reads its image files in name order."""
-    if field not in record:
-        raise DomainError(f"{where}: missing field '{field}'")
-    out: list[bytes | str] = []
-    for src in _sources(record[field], where, field):
-        if isinstance(src, str):
-            p = Path(src).expanduser()
-            p = p if p.is_absolute() else base / p
-            if p.is_dir():
-                files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
-                if not files:
-                    raise DomainError(f"{where}: field '{field}': folder {src} holds no image files")
-                out.extend(str(f) for f in files)
-                continue
-            if not p.is_file():
-                raise DomainError(f"{where}: field '{field}': image file not found: {src}")
-            src = str(p)
-        out.append(src)
-    for src in out:
-        try:
-            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            name = src if isinstance(src, str) else f"{len(src)} bytes"
-            raise DomainError(f"{where}: field '{field}': not a readable image ({name}: {type(err).__name__})") from None
-    return tuple(out)
-
-
-def with_record_images(sample: Sample, record: Mapping[str, Any], spec: Any, where: str, base: Path) -> Sample:
-    """The sample with its record's images (spec.image_field) or video frames (spec.video_field), if the spec names one."""
-    field = getattr(spec, "image_field", None) or getattr(spec, "video_field", None)
-    if field is None:
-        return sample
-    from dataclasses import replace
-    return replace(sample, images=record_images(record, field, where, base))
