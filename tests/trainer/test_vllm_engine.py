@@ -57,7 +57,8 @@ def test_one_pad_per_image_gives_vllm_one_pad_an_image():
         assert int((short == pad).sum()) == k and len(short) == len(real) - sum(per_image[at:at + k]) + k
         assert torch.equal(short[short != pad], real[real != pad])   # every other token kept, in order
         at += k
-    assert at == len(per_image) and max(visual.images_per_prompt.tolist()) >= 3 and min(per_image) > 1
+    # some image expands to several pads (shapes' pictures), so a missing cut would show; motion's frames are one each
+    assert at == len(per_image) and max(visual.images_per_prompt.tolist()) >= 3 and max(per_image) > 1
 
 
 def test_checks_module_not_collected_by_default():

@@ -29,6 +29,19 @@ from trainer.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 from trainer.spec import TinyModelSpec, parse_spec  # noqa: E402
 
 
+
+def cycle_spec(name: str, base_model: str, experts: dict, max_new_tokens: int, dtype: str):
+    """One short CoPD cycle (2 RLVR + 1 OPD step per expert) of two experts sampling with vLLM."""
+    return parse_spec({
+        "name": name, "base_model": base_model,
+        "experts": [{"name": k, "domain": d} for k, d in experts.items()],
+        "schedule": {"cycles": 1, "rl_steps": 2, "opd_steps": 1},
+        "grpo": {"group_size": 4, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": max_new_tokens},
+        "opd": {"prompts_per_step": 2, "samples_per_prompt": 2},
+        "eval": {"prompts": 8, "overlap_k": 4, "overlap_prompts": 4},
+        "rollout": {"engine": "vllm"}, "compute": {"dtype": dtype},
+    })
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_copd_cycle_with_vllm_rollouts(tmp_path, dtype):
     domains = ["builtin:arith", "builtin:frames"]
@@ -41,15 +54,7 @@ def test_copd_cycle_with_vllm_rollouts(tmp_path, dtype):
     base = tmp_path / "base"
     model.save_pretrained(base)
     tok.save_pretrained(base)
-    spec = parse_spec({
-        "name": "vllm-cycle", "base_model": str(base),
-        "experts": [{"name": "text", "domain": domains[0]}, {"name": "video", "domain": domains[1]}],
-        "schedule": {"cycles": 1, "rl_steps": 2, "opd_steps": 1},
-        "grpo": {"group_size": 4, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": 6},
-        "opd": {"prompts_per_step": 2, "samples_per_prompt": 2},
-        "eval": {"prompts": 8, "overlap_k": 4, "overlap_prompts": 4},
-        "rollout": {"engine": "vllm"}, "compute": {"dtype": dtype},
-    })
+    spec = cycle_spec("vllm-cycle", str(base), {"text": domains[0], "video": domains[1]}, 6, dtype)
     out = tmp_path / "run"
     train_local(spec, out, tmp_path / "models", log_fn=lambda m: None)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -74,15 +79,8 @@ def test_copd_cycle_with_vllm_rollouts(tmp_path, dtype):
 def test_copd_cycle_of_visual_experts_with_vllm_rollouts(tmp_path, dtype):
     """builtin:tiny-vl (its shipped base): the image and video experts sample with vLLM, the trainer scores
     with visual_forward; after each step the whole model (vision tower included) is synced in place."""
-    spec = parse_spec({
-        "name": "vllm-vl-cycle", "base_model": "builtin:tiny-vl",
-        "experts": [{"name": "image", "domain": "builtin:shapes"}, {"name": "video", "domain": "builtin:motion"}],
-        "schedule": {"cycles": 1, "rl_steps": 2, "opd_steps": 1},
-        "grpo": {"group_size": 4, "prompts_per_step": 4, "lr": 1e-3, "max_new_tokens": 4},
-        "opd": {"prompts_per_step": 2, "samples_per_prompt": 2},
-        "eval": {"prompts": 8, "overlap_k": 4, "overlap_prompts": 4},
-        "rollout": {"engine": "vllm"}, "compute": {"dtype": dtype},
-    })
+    spec = cycle_spec("vllm-vl-cycle", "builtin:tiny-vl", {"image": "builtin:shapes", "video": "builtin:motion"}, 4,
+                      dtype)
     out = tmp_path / "run"
     logs: list[str] = []
     train_local(spec, out, tmp_path / "models", log_fn=logs.append)
