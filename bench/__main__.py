@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,18 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="time steps by wall clock, or by this process's CPU time (steadier on a loaded machine)")
     args = p.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    warnings.filterwarnings("ignore")
+    from bench.quiet import quiet_offline
 
-    import torch
-    from transformers.utils import logging as hf_logging
-
+    quiet_offline(args.threads)
     from bench import run
     from bench.common import Sizes
 
-    torch.set_num_threads(args.threads)
-    hf_logging.set_verbosity_error()
     sizes, models = (run.SMOKE, ["tiny"]) if args.smoke else (Sizes(), args.models.split(","))
     repeats, warmup = (1, 0) if args.smoke else (args.repeats, args.warmup)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731

@@ -12,9 +12,7 @@ timed steps (alternating with the other sides, as `python -m bench`). share = FL
 from __future__ import annotations
 
 import argparse
-import os
 import time
-import warnings
 
 
 def matmul_limit(device, sizes=(256, 512, 1024, 2048), repeats: int = 5) -> tuple[float, dict[int, float]]:
@@ -92,18 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    warnings.filterwarnings("ignore")
-    import torch
-    from transformers.utils import logging as hf_logging
+    from bench.quiet import quiet_offline
 
+    torch = quiet_offline(a.threads)
     from bench import sides, trl_side
     from bench.common import Sizes, alternate, workload
     from bench.run import environment
 
-    hf_logging.set_verbosity_error()
-    torch.set_num_threads(a.threads)
     print(environment())
     limit, per = matmul_limit(torch.device("cpu"))
     print(f"fp32 matmul limit: {limit:.1f} GFLOP/s ({', '.join(f'{n}: {g:.1f}' for n, g in per.items())})")

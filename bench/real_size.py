@@ -29,7 +29,6 @@ import os
 import random
 import subprocess
 import sys
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -298,14 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-of", default="", help=argparse.SUPPRESS)
     p.add_argument("--sizes", default="", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    warnings.filterwarnings("ignore")
-    import torch
-    from transformers.utils import logging as hf_logging
+    from bench.quiet import quiet_offline
 
-    hf_logging.set_verbosity_error()
-    torch.set_num_threads(a.threads)
+    torch = quiet_offline(a.threads)
     sizes = RealSizes(**json.loads(a.sizes)) if a.sizes else (SMOKE if a.smoke else RealSizes())
     over = {k: v for k, v in (("prompts", a.prompts), ("max_new_tokens", a.max_new_tokens),
                               ("opd_samples", a.opd_samples), ("eos_rate", a.eos_rate)) if v is not None}
