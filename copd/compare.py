@@ -93,6 +93,17 @@ def load_suite(path: Path) -> tuple[Suite, dict[str, Any]]:
     return suite, base
 
 
+def select_entries(suite: Suite, names: list[str] | None) -> Suite:
+    """The suite with only the entries `names` (in the suite's order; None: all); SpecError naming an unknown one.
+    A match_tokens entry selected without its matched entry matches that entry's runs already in OUT."""
+    if not names:
+        return suite
+    known = [e.name for e in suite.entries]
+    if unknown := [n for n in names if n not in known]:
+        raise SpecError(f"--entries: '{unknown[0]}' is not an entry of suite {suite.name} (entries: {', '.join(known)})")
+    return suite.model_copy(update={"entries": [e for e in suite.entries if e.name in names]})
+
+
 def entry_spec(suite: Suite, base: dict[str, Any], entry: SuiteEntry, seed: int,
                train_tokens: int | None = None) -> RunSpec:
     """The run spec of one entry and seed (`train_tokens`: the token budget a match_tokens entry gets)."""
@@ -182,12 +193,14 @@ def run_suite(suite: Suite, base: dict[str, Any], out: Path, model_cache: Path, 
 
 def compare(suite_path: Path, out: Path, seeds: list[int] | None = None, *, jobs: int = 1,
             model_cache: Path | None = None, report_only: bool = False, command: str | None = None,
-            log=print, api=None) -> Path:
+            log=print, api=None, entries: list[str] | None = None) -> Path:
     """Run a suite (unless `report_only`) and write OUT/report.md and the plots; returns the report's path.
+    `entries`: only these entries of the suite (run and reported).
 
     api: a `contract.client.Client`: the runs are submitted to that API (its workers train them, the
     dashboard shows them) instead of trained here (copd/compare_api.py)."""
     suite, base = load_suite(suite_path)
+    suite = select_entries(suite, entries)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if model_cache is None:
@@ -343,9 +356,10 @@ def summarize(suite: Suite, results: list[RunResult]) -> str:
     lines = [head, "|" + " --- |" * (len(doms) + 5)]
     any_run = results[0]
     lines.append(_row("base model", [r.base for r in by_entry[any_run.entry]], doms, "0 | 0 | 0"))
+    indep = independent_entry(suite)
     for e in suite.entries:  # each single expert (independent, and CoPD's experts unmerged)
         runs = by_entry.get(e.name, [])
-        if e.strategy in ("independent", "copd") and runs:
+        if (e.strategy == "copd" or e.name == indep) and runs:
             for x in doms:
                 lines.append(_row(f"{e.name}: expert {x}", [r.experts.get(x, {}) for r in runs], doms,
                                   f"{_mean(r.steps for r in runs) / len(doms):.0f} | | "))
@@ -366,9 +380,18 @@ def summarize(suite: Suite, results: list[RunResult]) -> str:
     return "\n".join(out)
 
 
+def independent_entry(suite: Suite) -> str | None:
+    """The entry whose experts are the independent experts: an `independent` one, else an `independent_merge`
+    one (the same experts, trained the same way, then merged), else None."""
+    for strategy in ("independent", "independent_merge"):
+        if name := next((e.name for e in suite.entries if e.strategy == strategy), None):
+            return name
+    return None
+
+
 def _divergence(suite: Suite, by_entry: dict[str, list[RunResult]], doms: list[str]) -> list[str]:
     """Divergence cost per seed (independent experts on their own domains − mixed RLVR), then gaps to mixed."""
-    indep = next((e.name for e in suite.entries if e.strategy == "independent"), None)
+    indep = independent_entry(suite)
     mixed = next((e.name for e in suite.entries if e.strategy == "mixed_rlvr" and not e.match_tokens), None)
     if not mixed:
         return []
@@ -379,8 +402,9 @@ def _divergence(suite: Suite, by_entry: dict[str, list[RunResult]], doms: list[s
         seeds = sorted(set(own) & set(mix))
         if seeds:
             costs = [own[s] - mix[s] for s in seeds]
+            whose = "" if by_entry[indep][0].strategy == "independent" else f" (`{indep}`'s, before their merge)"
             out += ["## Inter-capability divergence cost", "",
-                    "Independent experts, each on its own domain, minus mixed RLVR (mean over domains), per seed: "
+                    f"Independent experts{whose}, each on its own domain, minus mixed RLVR (mean over domains), per seed: "
                     + ", ".join(f"s{s}: {c:+.3f}" for s, c in zip(seeds, costs))
                     + f" → **{_mean(costs):+.3f} ± {_sd(costs):.3f}** (positive = mixed RLVR pays a cost).", "",
                     "Per domain (mean over seeds): " + ", ".join(
@@ -559,6 +583,8 @@ def compare_command(
     suite: Path = typer.Argument(..., help="Suite file (suites/*.yaml): base spec, seeds, entries."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: runs/, report.md, *.png."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (default: the suite's)."),
+    entries: Optional[str] = typer.Option(None, "--entries",
+                                          help="Comma-separated entry names (default: all): run and report only these."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at a time (one torch thread each is best on CPU)."),
     report_only: bool = typer.Option(False, "--report-only", help="Only (re)write the report from runs already in OUT."),
     api_url: Optional[str] = typer.Option(
@@ -573,7 +599,14 @@ def compare_command(
     from contract.client import ApiError, Client, read_token
     from contract.settings import get_settings
 
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    seed_list = None
+    if seeds:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError as err:
+            bad = str(err).rsplit(": ", 1)[-1]
+            typer.echo(f"error: --seeds: {bad} is not a seed (comma-separated integers)", err=True)
+            raise typer.Exit(2)
     client = None
     if api_url and not local and not report_only:
         token = read_token(get_settings())
@@ -590,6 +623,7 @@ def compare_command(
     env = " ".join(f"{k}={os.environ[k]}" for k in ("COPD_TORCH_THREADS",) if k in os.environ)
     try:
         path = compare(suite, out, seed_list, jobs=jobs, report_only=report_only,
+                       entries=[e.strip() for e in entries.split(",") if e.strip()] if entries else None,
                        command=(env + " " if env else "") + "copd compare " + " ".join(args), api=client)
     except SpecError as err:
         typer.echo(f"error: {err}", err=True)

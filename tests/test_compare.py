@@ -76,6 +76,27 @@ def test_smoke_suite_every_strategy_and_report(tmp_path, model_cache):
     (out / "runs" / "mopd" / "s0" / "metrics.jsonl").unlink()
     compare(SMOKE, out, jobs=1, model_cache=model_cache)
     assert (out / "runs" / "mopd" / "s0" / "final" / "config.json").exists()
+    # --entries: a slice of the suite, reported alone; without an `independent` entry, the divergence cost takes
+    # independent_merge's experts, which are the independent experts (the same training, then a merge)
+    got = {n: read_run(n, 0, out / "runs" / n / "s0") for n in ("independent", "independent_merge")}
+    assert got["independent"].experts == got["independent_merge"].experts
+    text = compare(SMOKE, out, model_cache=model_cache, report_only=True,
+                   entries=["mixed_rlvr", "independent_merge", "copd"]).read_text()
+    assert "independent_merge: expert image" in text and "`independent_merge`'s, before their merge" in text
+    assert "independent: expert" not in text and "**mopd**" not in text and "Missing" not in text
+
+
+def test_entries_and_seeds_errors_are_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from copd.compare import app
+
+    for args, msg in ((["--entries", "copd,nope"], "error: --entries: 'nope' is not an entry of suite smoke (entries: "),
+                      (["--seeds", "0,x"], "error: --seeds: 'x' is not a seed (comma-separated integers)")):
+        res = CliRunner().invoke(app, [str(SMOKE), "--out", str(tmp_path / "o"), *args])
+        assert res.exit_code == 2 and res.output.strip().startswith(msg), res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "runs").exists()
 
 
 def test_compare_api_unreachable_is_one_line(tmp_path, monkeypatch):

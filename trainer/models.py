@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import torch
+from filelock import FileLock
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -333,6 +334,18 @@ def load_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], seed: in
     folder = Path(cache_dir) / f"tiny-{key}"
     if (folder / "config.json").exists():
         return load_pretrained(str(folder)) + (folder,)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Runs of many seeds share one base: the first to get here builds it, the others wait and load it.
+    with FileLock(str(folder.with_name(f".{folder.name}.lock"))):
+        if (folder / "config.json").exists():
+            log_fn(f"builtin:tiny: built by another run while this one waited ({folder})")
+            return load_pretrained(str(folder)) + (folder,)
+        return _build_builtin_tiny(recipe, domains, folder, log_fn)
+
+
+def _build_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], folder: Path,
+                        log_fn: Callable[[str], None]):
+    """Warm-start the tiny model and save it to `folder` (whole or not at all); (model, tokenizer, folder)."""
     data = [_warm_data(d, recipe.seed, recipe.warmstart_max_steps * recipe.warmstart_batch) for d in domains]
     tokenizer = build_char_tokenizer(_alphabet(domains, data))
     model = build_tiny_model(recipe, tokenizer, recipe.seed)

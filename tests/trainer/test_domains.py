@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 import trainer.domains
-from trainer.domains import BUILTINS, DomainError, Sample, arith, frames, grid, load_domain
+from trainer.domains import BUILTINS, DomainError, Sample, arith, frames, grid, load_domain, marked
+from trainer.domains.base import held_out
+from trainer.models import tiny_recipe_hash
+from contract.spec import TinyModelSpec
 from trainer.domains.names import BUILTIN_DOMAINS
 from trainer.spec import JsonlDomain
 
@@ -110,7 +113,20 @@ def test_builtin_sizes_and_disjoint_splits(name):
 def test_builtin_is_deterministic_from_the_seed(name):
     a, b, other = BUILTINS[name](7), BUILTINS[name](7), BUILTINS[name](8)  # fresh builds, not the cache
     assert a.train == b.train and a.eval == b.eval
-    assert a.train != other.train and a.eval != other.eval
+    assert a.eval != other.eval
+    # a conflict domain's train split is the same for every seed (so runs of many seeds share a base model)
+    assert (a.train == other.train) == (name in marked.KEYS)
+
+
+@pytest.mark.parametrize("name", marked.KEYS)
+def test_conflict_domains_hold_out_one_pool_for_every_seed_and_share_a_base_model(name):
+    seeds = [BUILTINS[name](s) for s in range(4)]
+    train = {s.prompt for s in seeds[0].train}
+    assert all(held_out(name, s.prompt) for d in seeds for s in d.eval)
+    assert not any(held_out(name, p) for p in train)
+    assert not train & set().union(*({s.prompt for s in d.eval} for d in seeds))
+    recipe = TinyModelSpec()
+    assert len({tiny_recipe_hash(recipe, [d, load_domain("builtin:grid", i)]) for i, d in enumerate(seeds)}) == 1
 
 
 @pytest.mark.parametrize("name", BUILTIN_NAMES)
@@ -167,7 +183,7 @@ def test_wrong_ref_type():
         load_domain({"type": "jsonl", "path": "x.jsonl"})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("module", [trainer.domains, arith, grid, frames])
+@pytest.mark.parametrize("module", [trainer.domains, arith, grid, frames, marked])
 def test_module_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted >= 1 and result.failed == 0

@@ -10,21 +10,26 @@ Three families, three domains each:
   the domain is told by the range of x (0–39 sum, 40–79 |x−y|, 80–119 max), so it must be inferred from
   the content. (Wider ranges than the marked ones: a third of [10, 99]² would not give 4512 prompts.)
 
+The train split does not depend on the run's seed and the eval prompts come from a held-out pool that does
+not either (`held_out`, 1/8 of the prompts by hash): so the runs of many seeds share one warm-started base
+model (its cache key hashes the train split), and no seed's eval prompt is a train prompt of any seed. The
+run's seed draws the eval prompts from the pool and, in training, the order and sampling.
+
 No spaces, and only `a`, `b` and `,` beyond the other builtins' characters (one small shared alphabet).
 
 >>> build("builtin:marked_absdiff", 0).eval[0]
-Sample(prompt='b14,37=', answer='23')
+Sample(prompt='b30,91=', answer='61')
 >>> 80 <= int(build("builtin:implicit_max", 0).eval[0].prompt.split(",")[0]) <= 119
 True
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Callable
 
-from trainer.domains.base import draw_splits
-from trainer.domains.base import Domain, Sample
+from trainer.domains.base import Domain, Sample, draw_splits, held_out
 from trainer.domains.verifiers import score_exact
 
 # name → (marker or None, x range, y range, function)
@@ -56,8 +61,11 @@ def drawer(name: str) -> Callable[[random.Random], Sample]:
 
 
 def build(key: str, seed: int) -> Domain:
-    """A conflict domain for `seed`: 4000 train and 512 eval samples, no prompt in both."""
+    """A conflict domain for `seed`: 4000 train samples (the same for every seed) and 512 eval samples (drawn
+    by `seed` from the held-out pool), no prompt in both."""
     name = key.removeprefix("builtin:")
     salt = sum(ord(c) * 131 ** i for i, c in enumerate(name)) & 0xFFFF
-    train, eval_ = draw_splits(random.Random(seed ^ salt), drawer(name), TRAIN_SIZE, EVAL_SIZE)
+    pool = functools.partial(held_out, key)
+    train, _ = draw_splits(random.Random(salt), drawer(name), TRAIN_SIZE, 0, pool)
+    _, eval_ = draw_splits(random.Random(seed ^ salt), drawer(name), 0, EVAL_SIZE, pool)
     return Domain(key=key, train=train, eval=eval_, verifier=score_exact)
