@@ -454,6 +454,12 @@ class TinyModelSpec(_Model):
         description="After the band: this many more supervised steps on the domains with a habit (the builtin "
                     "ones), equally mixed, so the base has their skills and greedy decoding still follows the habit "
                     "(what RLVR then uncovers); within warmstart_max_steps in all. 0 = stop at the band.")
+    warmstart_rehearsal: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Share of a full batch share a domain keeps while the warm start pauses it (in the band while "
+                    "another lags, or in the habit phase without a habit of its own): 0 = it rests, as before. Domains "
+                    "that conflict (the same inputs, other answers: builtin:marked_*) forget fast when they rest; "
+                    "0.25 keeps them.")
     seed: int = Field(0, ge=0, le=2**31 - 1,
                       description="Seed of the base model's initialisation and warm start, separate from the run's"
                                   " `seed`: runs of many seeds share one base model.")

@@ -28,7 +28,7 @@ from contract.spec import TinyModelSpec
 
 log = logging.getLogger(__name__)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-WARMSTART_VERSION = 5  # bump when the warm-start recipe changes, so cached models are rebuilt
+WARMSTART_VERSION = 6  # bump when the warm-start recipe changes, so cached models are rebuilt
 # Share of a builtin domain's warm-start answers replaced by its habit (Domain.habit, a systematic mistake).
 # Above 1/2, so the base model's greedy answer is mostly the habit while sampling still finds the right one.
 HABIT_SHARE = 0.6
@@ -203,7 +203,10 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
     racing to 100% (RLVR needs mixed groups), and the batch goes to the laggards.
 
     Once in the band, `recipe.warmstart_habit_steps` more steps (within `warmstart_max_steps` in all) train
-    the domains with a habit, equally mixed (the others rest: they would race to 100%). In the band a model has only begun to learn a skill, and
+    the domains with a habit, equally mixed; a domain without one keeps the band's rule there (it trains
+    while below target_low, else rests: it would race to 100%, or, resting for good, forget — a conflicting
+    domain drops to 0 in a few hundred steps). A paused domain keeps `recipe.warmstart_rehearsal` of a full
+    share of the batch (0: it rests). In the band a model has only begun to learn a skill, and
     with a habit its right answers stay near 1 − HABIT_SHARE however well it learns, so the band cannot tell a
     model that guesses from one that knows: the extra steps make it know (measured: docs/results/demo.md).
     Returns the band's accuracies (`in_band` judges the band phase); the habit phase's last probe goes to
@@ -220,8 +223,10 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
     max_ans = max(len(s.answer) for part in data for s in part[:200]) + 2
 
     def train_step(pool: Sequence[int]) -> None:
-        per = max(1, recipe.warmstart_batch // len(pool))
-        batch = [_with_habit(domains[i], s, rng) for i in pool for s in rng.sample(data[i], min(per, len(data[i])))]
+        rest = [i for i in range(len(domains)) if i not in pool] if recipe.warmstart_rehearsal else []
+        per = max(1, int(recipe.warmstart_batch / (len(pool) + recipe.warmstart_rehearsal * len(rest))))
+        shares = [(i, per) for i in pool] + [(i, max(1, round(per * recipe.warmstart_rehearsal))) for i in rest]
+        batch = [_with_habit(domains[i], s, rng) for i, n in shares for s in rng.sample(data[i], min(n, len(data[i])))]
         if sft_loss is not None:  # e.g. prompts with images (trainer/tiny_vl.py)
             loss = sft_loss(model, tokenizer, batch)
         else:
@@ -260,7 +265,7 @@ def warm_start(model, tokenizer, domains: Sequence[Domain], recipe: TinyModelSpe
     if habits and more > 0 and in_band(recipe, accs):
         last = accs
         for extra in range(1, more + 1):
-            train_step(habits)
+            train_step(habits + [i for i, d in enumerate(domains) if d.habit is None and last[i] < recipe.target_low])
             if extra % CHECK_EVERY == 0 or extra == more:
                 last = probe_all()
                 if on_check:
