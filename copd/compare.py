@@ -496,9 +496,10 @@ def write_plots(suite: Suite, results: list[RunResult], out: Path) -> list[str]:
             for ax_ in (ax1, ax2):
                 ax_.axvspan(c * per, c * per + r0.rl_steps, color="tab:blue", alpha=0.08, lw=0)
                 ax_.axvspan(c * per + r0.rl_steps, (c + 1) * per, color="tab:orange", alpha=0.12, lw=0)
+        indep = independent_entry(suite)
         for e in suite.entries:
             runs = by_entry.get(e.name, [])
-            if e.strategy in ("copd", "independent") and runs and runs[0].overlap_phases:
+            if (e.strategy == "copd" or e.name == indep) and runs and runs[0].overlap_phases:
                 xs = [x for x, _, _ in runs[0].overlap_phases]  # after Phase I of c: c − 0.5; after c: c
                 steps = [int((x - 0.5) * per) + r0.rl_steps if x % 1 else int(x * per) for x in xs]
                 n = len(steps)
@@ -506,7 +507,7 @@ def write_plots(suite: Suite, results: list[RunResult], out: Path) -> list[str]:
                     ax1.plot(steps, [_mean(r.overlap_phases[i][col] for r in runs if len(r.overlap_phases) > i)
                                      for i in range(n)], marker=mk, ls=ls,
                              label=f"{e.name} {'top-k' if col == 1 else 'top-1'}")
-            elif (e.name == first_copd or e.strategy == "independent") and runs and runs[0].overlap:
+            elif (e.name == first_copd or e.name == indep) and runs and runs[0].overlap:
                 steps = [s for _, s, _, _ in runs[0].overlap]
                 ax1.plot(steps, [_mean(r.overlap[i][2] for r in runs if len(r.overlap) > i) for i in range(len(steps))],
                          marker="o", label=f"{e.name} top-k")
