@@ -4,7 +4,10 @@ A suite file names a base spec (`base: path`, relative to the suite file) or hol
 the seeds, and entries `{name, strategy, overrides}`; each entry's overrides are deep-merged into the base.
 Every run goes through `trainer.local.train_local` into OUT/runs/<entry>/s<seed>/ and is resumed or
 skipped when already there, so a cut-off comparison continues where it stopped. The report (OUT/report.md
-and OUT/*.png) is computed from the runs' metrics.jsonl alone (see `copd.report`).
+and OUT/*.png) is computed from the runs' metrics.jsonl alone. Each finished run also leaves a small record,
+OUT/records/<entry>/s<seed>.json (what the report reads of it, a few kB): runs/ holds checkpoints and stays out
+of git, records/ is committed, so `--report-only` rewrites a report on a fresh clone and a later call adds
+entries or seeds beside runs that are no longer on disk.
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ def _run_one(spec_json: str, out: str, model_cache: str) -> tuple[str, float]:
 
 def matched_tokens(out: Path, entry: SuiteEntry, seed: int) -> int | None:
     """The per-cycle token budget of a match_tokens entry: the matched run's training tokens / its cycles."""
-    r = read_run(entry.match_tokens or "", seed, out / "runs" / (entry.match_tokens or "") / f"s{seed}")
+    r = load_result(out, entry.match_tokens or "", seed)
     if r is None or not r.final or not r.train_tokens or not r.cycles:
         return None
     return max(1, round(r.train_tokens / r.cycles))
@@ -162,11 +165,17 @@ def suite_runs(suite: Suite, base: dict[str, Any], out: Path, seeds: list[int], 
 def run_suite(suite: Suite, base: dict[str, Any], out: Path, model_cache: Path, *, seeds: list[int] | None = None,
               jobs: int = 1, log=print, runner=None) -> list[tuple[str, int, Path]]:
     """Every entry × seed, `jobs` at a time (match_tokens entries after the others); returns (entry, seed,
-    run folder) of each. `runner` (entry, seed, folder, spec) → seconds runs one elsewhere (the API)."""
+    run folder) of each. `runner` (entry, seed, folder, spec) → seconds runs one elsewhere (the API).
+    A run with a record and no folder (its folder was deleted, or this is a fresh clone of a results folder)
+    is not rerun; deleting its record reruns it."""
     seeds = seeds or suite.seeds
     done = []
     for matched in (False, True):
         runs = suite_runs(suite, base, out, seeds, matched=matched)
+        recorded = [r for r in runs if not r[2].exists() and record_path(out, r[0], r[1]).exists()]
+        for name, seed, _, _ in recorded:
+            log(f"{name} seed {seed}: recorded ({RECORDS}/{name}/s{seed}.json), not rerun")
+        runs = [r for r in runs if r not in recorded]
         for name, seed, _, spec in runs:
             if spec is None:
                 log(f"{name} seed {seed}: SKIPPED (its match_tokens run has no result)")
@@ -246,6 +255,39 @@ class RunResult(BaseModel):
     cycles: int
     rl_steps: int
     opd_steps: int
+    wall_s: Optional[float] = None               # the run's training time (wall_s.txt), when it finished here
+    provenance: str = ""                         # its provenance.json as one line (versions, commit, base hash)
+
+    @property
+    def finished(self) -> bool:
+        """The run's all-in-one model was evaluated (independent: every expert's last cycle)."""
+        return bool(self.final) or (self.strategy == "independent" and len(self.experts) == len(self.domains))
+
+
+RECORDS = "records"
+
+
+def record_path(out: Path, entry: str, seed: int) -> Path:
+    """OUT/records/<entry>/s<seed>.json: a finished run's RunResult, the report's input once runs/ is gone."""
+    return Path(out) / RECORDS / entry / f"s{seed}.json"
+
+
+def load_result(out: Path, entry: str, seed: int) -> RunResult | None:
+    """One run's results: from its folder OUT/runs/<entry>/s<seed>/ when that is there (and then, once the
+    run is finished, refreshed into its record), else from its record; None when neither has it."""
+    folder = Path(out) / "runs" / entry / f"s{seed}"
+    r = read_run(entry, seed, folder)
+    rec = record_path(out, entry, seed)
+    if folder.exists():  # a run folder is the truth, also while it is being redone
+        if r is not None and r.finished:
+            rec.parent.mkdir(parents=True, exist_ok=True)
+            tmp = rec.with_name(f".{rec.name}.tmp")  # whole or not at all
+            tmp.write_text(r.model_dump_json() + "\n")
+            tmp.replace(rec)
+        return r
+    if rec.exists():
+        return RunResult.model_validate_json(rec.read_text())
+    return None
 
 
 def read_run(entry: str, seed: int, folder: Path) -> RunResult | None:
@@ -300,13 +342,16 @@ def read_run(entry: str, seed: int, folder: Path) -> RunResult | None:
         if r["key"] == M.OPD_KL.key and r["expert"] in doms:
             kl.setdefault(r["step"], []).append(r["value"])
     cost = [r for r in rows if r["key"] in ("cost/rollout_tokens", "cost/train_tokens")]
+    wall = folder / "wall_s.txt"
+    prov = read_provenance(folder)
     return RunResult(
         entry=entry, strategy=spec.strategy, seed=seed, domains=doms, base=base, experts=experts, final=final,
         curve=curve, overlap=overlap, overlap_phases=phases if rl else [], opd_kl=sorted((s, _mean(v)) for s, v in kl.items()),
         steps=sum(1 for r in cost if r["key"] == "cost/train_tokens"),
         rollout_tokens=sum(r["value"] for r in cost if r["key"] == "cost/rollout_tokens"),
         train_tokens=sum(r["value"] for r in cost if r["key"] == "cost/train_tokens"),
-        cycles=C, rl_steps=spec.schedule.rl_steps, opd_steps=spec.schedule.opd_steps)
+        cycles=C, rl_steps=spec.schedule.rl_steps, opd_steps=spec.schedule.opd_steps,
+        wall_s=float(wall.read_text()) if wall.exists() else None, provenance=one_line(prov) if prov else "")
 
 
 def _mean(values) -> float:
@@ -547,22 +592,21 @@ def write_plots(suite: Suite, results: list[RunResult], out: Path) -> list[str]:
 
 def write_report(suite: Suite, out: Path, seeds: list[int], *, command: str | None = None,
                  wall_s: float | None = None) -> Path:
-    """OUT/report.md and the plots from OUT/runs/<entry>/s<seed>/ (missing runs are listed, not fatal)."""
+    """OUT/report.md and the plots from OUT/runs/<entry>/s<seed>/, or from OUT/records/ for runs no longer on
+    disk (missing runs are listed, not fatal)."""
     results, missing = [], []
     for seed in seeds:
         for e in suite.entries:
-            r = read_run(e.name, seed, out / "runs" / e.name / f"s{seed}")
+            r = load_result(out, e.name, seed)
             (results.append(r) if r else missing.append(f"{e.name}/s{seed}"))
     text = [f"# Suite `{suite.name}`", "", suite.description.strip(), ""]
     if command:
         text += ["Produced by:", "", "```", command, "```", ""]
-    walls = [float((out / "runs" / e.name / f"s{s}" / "wall_s.txt").read_text())
-             for e in suite.entries for s in seeds if (out / "runs" / e.name / f"s{s}" / "wall_s.txt").exists()]
+    walls = [r.wall_s for r in results if r.wall_s is not None]
     if walls:
         text += [f"Training time: {sum(walls) / 60:.1f} min summed over {len(walls)} runs (longest {max(walls):.0f} s)"
                  + (f"; {wall_s / 60:.1f} min wall for this invocation." if wall_s else "."), ""]
-    provs = sorted({one_line(p) for e in suite.entries for s in seeds
-                    if (p := read_provenance(out / "runs" / e.name / f"s{s}")) is not None})
+    provs = sorted({r.provenance for r in results if r.provenance})
     if provs:
         text += ["Provenance (each run's provenance.json): " + "; ".join(provs), ""]
     if missing:

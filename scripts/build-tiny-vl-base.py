@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from contract.spec import load_spec  # noqa: E402
 from trainer.domains import load_domain  # noqa: E402
-from trainer.tiny_vl import SHIPPED_VL_BASE, load_builtin_tiny_vl  # noqa: E402
+from trainer.tiny_vl import SHIPPED_VL_BASE, builtin_tiny_vl  # noqa: E402
 
 DOMAINS = ("builtin:arith", "builtin:shapes", "builtin:motion")
 
@@ -36,7 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         shutil.rmtree(SHIPPED_VL_BASE, ignore_errors=True)
         recipe = load_spec(ROOT / "examples" / "copd-tiny-vl.yaml").tiny
-        _, _, folder = load_builtin_tiny_vl(recipe, domains, 0, Path(cache), print)
+        _, _, folder = builtin_tiny_vl(recipe, domains, 0, Path(cache), print)
         SHIPPED_VL_BASE.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(folder, SHIPPED_VL_BASE)
     print(f"wrote {SHIPPED_VL_BASE} in {time.time() - t0:.0f}s:",

@@ -84,6 +84,23 @@ def test_smoke_suite_every_strategy_and_report(tmp_path, model_cache):
                    entries=["mixed_rlvr", "independent_merge", "copd"]).read_text()
     assert "independent_merge: expert image" in text and "`independent_merge`'s, before their merge" in text
     assert "independent: expert" not in text and "**mopd**" not in text and "Missing" not in text
+    # records/: the report rewrites from them alone once runs/ is gone (a fresh clone of a results folder) ...
+    from copd.compare import RunResult, record_path
+    full = compare(SMOKE, out, model_cache=model_cache, report_only=True).read_text()
+    assert "Training time" in full and "Provenance" in full
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone, ignore=shutil.ignore_patterns("runs"))
+    assert compare(SMOKE, clone, model_cache=model_cache, report_only=True).read_text() == full
+    # ... and a later call runs only what has no record: the token-matched run matches copd's record, and a
+    # rerun reproduces its record but for the wall time
+    old = RunResult.model_validate_json(record_path(clone, "mixed_tokens", 0).read_text())
+    record_path(clone, "mixed_tokens", 0).unlink()
+    logs = []
+    compare(SMOKE, clone, jobs=1, model_cache=model_cache, entries=["copd", "mixed_tokens"], log=logs.append)
+    assert "copd seed 0: recorded (records/copd/s0.json), not rerun" in logs
+    assert not (clone / "runs" / "copd" / "s0").exists() and (clone / "runs" / "mixed_tokens" / "s0" / "final").exists()
+    new = RunResult.model_validate_json(record_path(clone, "mixed_tokens", 0).read_text())
+    assert new.model_dump(exclude={"wall_s"}) == old.model_dump(exclude={"wall_s"})
 
 
 def test_entries_and_seeds_errors_are_one_line(tmp_path):

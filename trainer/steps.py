@@ -55,8 +55,8 @@ class RunContext:
         if spec.base_model == "builtin:tiny":
             _, _, base = load_builtin_tiny(spec.tiny, list(domains.values()), spec.seed, model_cache, log_fn)
         elif spec.base_model == "builtin:tiny-vl":  # with a vision tower (trainer/tiny_vl.py)
-            from trainer.tiny_vl import load_builtin_tiny_vl
-            _, _, base = load_builtin_tiny_vl(spec.tiny, list(domains.values()), spec.seed, model_cache, log_fn)
+            from trainer.tiny_vl import builtin_tiny_vl
+            _, _, base = builtin_tiny_vl(spec.tiny, list(domains.values()), spec.seed, model_cache, log_fn)
         else:
             base = Path(spec.base_model) if Path(spec.base_model).exists() else spec.base_model
         return cls(spec, Layout(Path(root), Path(base)), domains)

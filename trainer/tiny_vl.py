@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from contract.spec import TinyModelSpec
+from filelock import FileLock
 from trainer.domains.base import Domain, Sample
 from safetensors.torch import load_file
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -184,6 +185,24 @@ def shipped_vl_base(recipe: TinyModelSpec, domains: Sequence[Domain], folder: Pa
             and meta.get("vision") == VISION and {d.key for d in domains} <= set(keys)
             and meta.get("code") == vl_code_hash(keys))  # a changed generator or warm start: not this base
     return folder if fits else None
+
+
+def builtin_tiny_vl(recipe: TinyModelSpec, domains: Sequence[Domain], seed: int, cache_dir: Path,
+                    log_fn: Callable[[str], None] = print):
+    """(model, processor, folder) of the tiny VLM's base: the shipped one when it fits, else the cached one,
+    built by the first run that needs it while the others wait for it (the same file lock as builtin:tiny's).
+
+    The lock lives here, not in `load_builtin_tiny_vl`, because that function's source is part of
+    `vl_code_hash` and so of the shipped base's identity: editing it would orphan the shipped weights."""
+    shipped = shipped_vl_base(recipe, domains)
+    if shipped is not None:
+        return load_builtin_tiny_vl(recipe, domains, seed, cache_dir, log_fn)
+    folder = Path(cache_dir) / f"tiny-vl-{_fingerprint(recipe, domains, seed)}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.with_name(f".{folder.name}.lock"))):
+        if (folder / "config.json").exists():
+            log_fn(f"builtin:tiny-vl: cached base model ({folder})")
+        return load_builtin_tiny_vl(recipe, domains, seed, cache_dir, log_fn)
 
 
 def load_builtin_tiny_vl(recipe: TinyModelSpec, domains: Sequence[Domain], seed: int, cache_dir: Path,

@@ -407,3 +407,40 @@ def test_the_vl_code_hash_covers_the_visual_generators_and_the_warm_start(monkey
     with monkeypatch.context() as m:  # code that moved on: the shipped base is not used (a run builds its own)
         m.setattr(tiny_vl, "vl_code_hash", lambda keys: "0" * 16)
         assert tiny_vl.shipped_vl_base(TinyModelSpec(), domains) is None
+
+
+def test_a_cached_tiny_vl_base_is_built_once_while_the_other_runs_wait(tmp_path, monkeypatch):
+    """Two runs needing the same unshipped tiny-VL base: the first builds it under the file lock, the second
+    waits and loads it (without the lock both would see no base and build it twice)."""
+    import threading
+    import time
+
+    from trainer import tiny_vl
+
+    domains = [load_domain("builtin:arith", 0)]
+    built, inside = [], []
+    key = tiny_vl._fingerprint(TinyModelSpec(), domains, 0)  # (hashes load_builtin_tiny_vl's source: before the fake)
+
+    def fake_builder(recipe, doms, seed, cache_dir, log_fn):
+        folder = Path(cache_dir) / f"tiny-vl-{key}"
+        inside.append(1)
+        assert len(inside) == 1, "two builders at once"
+        if not (folder / "config.json").exists():
+            time.sleep(0.3)  # the warm start
+            folder.mkdir(parents=True)
+            (folder / "config.json").write_text("{}")
+            built.append(folder)
+        inside.pop()
+        return None, None, folder
+
+    monkeypatch.setattr(tiny_vl, "shipped_vl_base", lambda recipe, doms: None)
+    monkeypatch.setattr(tiny_vl, "_fingerprint", lambda recipe, doms, seed: key)
+    monkeypatch.setattr(tiny_vl, "load_builtin_tiny_vl", fake_builder)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(tiny_vl.builtin_tiny_vl(
+        TinyModelSpec(), domains, 0, tmp_path, lambda m: None)[2])) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and got == [built[0], built[0]]
