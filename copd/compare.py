@@ -172,10 +172,10 @@ def run_suite(suite: Suite, base: dict[str, Any], out: Path, model_cache: Path, 
     done = []
     for matched in (False, True):
         runs = suite_runs(suite, base, out, seeds, matched=matched)
-        recorded = [r for r in runs if not r[2].exists() and record_path(out, r[0], r[1]).exists()]
-        for name, seed, _, _ in recorded:
-            log(f"{name} seed {seed}: recorded ({RECORDS}/{name}/s{seed}.json), not rerun")
-        runs = [r for r in runs if r not in recorded]
+        for name, seed, folder, _ in runs:
+            if not folder.exists() and record_path(out, name, seed).exists():
+                log(f"{name} seed {seed}: recorded ({RECORDS}/{name}/s{seed}.json), not rerun")
+        runs = [r for r in runs if r[2].exists() or not record_path(out, r[0], r[1]).exists()]
         for name, seed, _, spec in runs:
             if spec is None:
                 log(f"{name} seed {seed}: SKIPPED (its match_tokens run has no result)")
@@ -276,9 +276,9 @@ def load_result(out: Path, entry: str, seed: int) -> RunResult | None:
     """One run's results: from its folder OUT/runs/<entry>/s<seed>/ when that is there (and then, once the
     run is finished, refreshed into its record), else from its record; None when neither has it."""
     folder = Path(out) / "runs" / entry / f"s{seed}"
-    r = read_run(entry, seed, folder)
     rec = record_path(out, entry, seed)
     if folder.exists():  # a run folder is the truth, also while it is being redone
+        r = read_run(entry, seed, folder)
         if r is not None and r.finished:
             rec.parent.mkdir(parents=True, exist_ok=True)
             tmp = rec.with_name(f".{rec.name}.tmp")  # whole or not at all
