@@ -389,7 +389,7 @@ def _build_builtin_tiny(recipe: TinyModelSpec, domains: Sequence[Domain], folder
             "recipe": recipe.model_dump(), "seed": recipe.seed,
             "version": WARMSTART_VERSION, "steps": steps[0], "seconds": round(time.time() - t0),
             "code": warmstart_code_hash(keys), "versions": build_versions(), "commit": provenance.git_commit(),
-            "model_hash": provenance.model_hash(tmp)}
+            "model_hash": provenance.model_hash(tmp), "machine": provenance.machine()}
     (tmp / "warmstart.json").write_text(json.dumps(meta, indent=1) + "\n")
     try:
         tmp.rename(folder)

@@ -1,9 +1,11 @@
-"""Where a result came from: library versions, the git commit, and the base model's hash.
+"""Where a result came from: library versions, the git commit, the base model's hash and the machine.
 
 Every run folder gets `provenance.json` (trainer/local.py), `copd train` prints its one-line form under the
 accuracy table, `copd compare` puts it in the report, and the builtin base model records the versions it was
 built with in its `warmstart.json` (trainer/models.py). A number that does not reproduce is then traced to
-a changed library, commit or base model instead of guessed at.
+a changed library, commit, base model or machine instead of guessed at. (The same code, libraries and recipe
+on another CPU can give other numbers: torch picks its float kernels by the CPU's instruction set, and a
+tiny model's warm start and RL amplify the rounding. `machine()` records what the kernels depend on.)
 """
 
 from __future__ import annotations
@@ -34,6 +36,33 @@ def versions() -> dict[str, str]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = "-"
+    return out
+
+
+def machine() -> dict[str, str]:
+    """The CPU (its model name), the instruction set torch's CPU kernels use, and the first GPU's name when
+    there is one: what float rounding depends on beyond the library versions.
+
+    >>> set(machine()) >= {"cpu", "cpu_capability"}
+    True
+    """
+    cpu = platform.processor() or platform.machine() or "-"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"cpu": cpu, "cpu_capability": "-"}
+    try:
+        import torch
+
+        out["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
+        if torch.cuda.is_available():
+            out["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - torch missing or too old: the CPU's name is still worth recording
+        pass
     return out
 
 
@@ -68,10 +97,11 @@ def model_hash(folder: Path | str) -> str:
 
 
 def provenance(base_model: str, base_folder: Path | str | None) -> dict[str, Any]:
-    """What `provenance.json` holds: versions, commit, the spec's base model and the loaded one's hash."""
+    """What `provenance.json` holds: versions, commit, the spec's base model, the loaded one's hash and the
+    machine."""
     return {"versions": versions(), "commit": git_commit(), "base_model": base_model,
             "base_folder": str(base_folder) if base_folder is not None else None,
-            "base_hash": model_hash(base_folder) if base_folder is not None else "-"}
+            "base_hash": model_hash(base_folder) if base_folder is not None else "-", "machine": machine()}
 
 
 def one_line(p: dict[str, Any]) -> str:
@@ -79,9 +109,18 @@ def one_line(p: dict[str, Any]) -> str:
 
     >>> one_line({"versions": {"torch": "2.13.0", "transformers": "5.24.0"}, "commit": "abc", "base_hash": "f00"})
     'torch 2.13.0, transformers 5.24.0, commit abc, base model f00'
+    >>> one_line({"versions": {"torch": "2.13.0"}, "commit": "abc", "base_hash": "f00",
+    ...           "machine": {"cpu": "Intel Xeon", "cpu_capability": "AVX512", "gpu": "NVIDIA H200"}})
+    'torch 2.13.0, commit abc, base model f00, cpu AVX512, gpu NVIDIA H200'
     """
     libs = ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items() if k in ("torch", "transformers"))
-    return f"{libs}, commit {p.get('commit', '-')}, base model {p.get('base_hash', '-')}"
+    line = f"{libs}, commit {p.get('commit', '-')}, base model {p.get('base_hash', '-')}"
+    m = p.get("machine") or {}  # provenance.json written before the machine was recorded has none
+    if m.get("cpu_capability"):
+        line += f", cpu {m['cpu_capability']}"
+    if m.get("gpu"):
+        line += f", gpu {m['gpu']}"
+    return line
 
 
 def write(out: Path, base_model: str, base_folder: Path | str | None) -> dict[str, Any]:

@@ -154,6 +154,19 @@ def test_one_line_names_versions_commit_and_base_hash():
     assert provenance.model_hash("Qwen/not-a-local-folder") == "-"
 
 
+def test_provenance_records_the_machine_and_an_old_record_keeps_its_line():
+    """The same code and libraries on another CPU round floats otherwise (torch picks kernels by instruction
+    set), so provenance names the CPU and its kernels; provenance written before that keeps its old line."""
+    import torch
+
+    p = provenance.provenance("builtin:tiny", SHIPPED_BASE)
+    assert p["machine"]["cpu"] and p["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert provenance.one_line(p).endswith(f"cpu {p['machine']['cpu_capability']}" + (
+        f", gpu {p['machine']['gpu']}" if "gpu" in p["machine"] else ""))
+    old = {k: v for k, v in p.items() if k != "machine"}
+    assert provenance.one_line(old).endswith(f"base model {p['base_hash']}")
+
+
 def test_concurrent_runs_of_one_recipe_build_its_base_once(tmp_path, monkeypatch):
     """Runs that start together (compare --jobs 2, two workers on one box) wait for the first build."""
     import threading
